@@ -1,0 +1,518 @@
+"""Configuration: YAML in, frozen dataclasses out, with one precise error per mistake.
+
+Nothing past this module touches raw YAML. Every error is a ``ConfigError`` whose text is
+one line naming the file, the key path and what was expected::
+
+    config/x.yaml: listeners[0].websocket.heartbeat: expected a number, got 'often' (str)
+
+The schema is the dataclasses below: a generic parser walks their type hints, so adding a
+key is adding a field. A callback module may declare an ``Options`` dataclass; the
+listener's ``options`` mapping is parsed against it with the same parser.
+
+Environment overrides (``RABBITSOCKS_*``) are applied after the file is read; see
+``ENVIRONMENT`` for the list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from rabbitsocks.callback import import_callback, options_type
+from rabbitsocks.errors import CallbackLoadError, ConfigError
+
+__all__ = [
+    "DEFAULT_AMQP_URL",
+    "ENVIRONMENT",
+    "BrokerConfig",
+    "Config",
+    "Interface",
+    "LimitsConfig",
+    "ListenerConfig",
+    "LogConfig",
+    "SocketIOConfig",
+    "TlsConfig",
+    "WebSocketConfig",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+    "parse_interface",
+    "parse_options",
+]
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+#: Environment variables read on load, and what each overrides.
+ENVIRONMENT: Mapping[str, str] = {
+    "RABBITSOCKS_AMQP_URL": "brokers.amqp.url (adds an amqp broker when none is configured)",
+    "RABBITSOCKS_AMQP_EXCHANGE": "brokers.amqp.exchange",
+    "RABBITSOCKS_DEFAULT_BROKER": "default_broker",
+    "RABBITSOCKS_LISTEN": "listeners[0].interface (only when there is one listener)",
+    "RABBITSOCKS_LOG_LEVEL": "log.level",
+    "RABBITSOCKS_LOG_FORMAT": "log.format",
+}
+
+T = TypeVar("T")
+
+
+class _Invalid(Exception):
+    """A value does not fit: the message says what was expected. Internal to parsing."""
+
+
+# --- value types with their own syntax ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """Where a listener binds. ``host`` ``None`` means every interface."""
+
+    host: str | None
+    port: int
+
+    def __str__(self) -> str:
+        if self.host is None:
+            return str(self.port)
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+_INTERFACE_EXPECTED = 'a port (8080) or "host:port" ("127.0.0.1:8080", "[::1]:8080")'
+
+
+def parse_interface(raw: object) -> Interface:
+    """Parse ``8080``, ``"8080"``, ``"127.0.0.1:8080"`` or ``"[::1]:8080"``."""
+    if isinstance(raw, bool):
+        raise _Invalid(f"expected {_INTERFACE_EXPECTED}, got {_show(raw)}")
+    if isinstance(raw, int):
+        return Interface(None, _port(raw))
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Invalid(f"expected {_INTERFACE_EXPECTED}, got {_show(raw)}")
+    text = raw.strip()
+    host: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise _Invalid(f"expected {_INTERFACE_EXPECTED}, got {_show(raw)}")
+        host, port_text = text[1:end], text[end + 2 :]
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+        if ":" in host:
+            raise _Invalid(f'expected an IPv6 host in brackets ("[::1]:8080"), got {_show(raw)}')
+    else:
+        host, port_text = None, text
+    if not port_text.isdigit():
+        raise _Invalid(f"expected {_INTERFACE_EXPECTED}, got {_show(raw)}")
+    return Interface(host or None, _port(int(port_text)))
+
+
+def _port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise _Invalid(f"expected a port between 0 and 65535, got {port}")
+    return port
+
+
+# --- the schema --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """A TLS certificate chain and its private key, both PEM files."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """Bare WebSocket on ``/websocket/<path>``."""
+
+    #: Seconds between server pings; a peer that does not answer within half of it is
+    #: closed. 0 turns server pings off (client pings are always answered).
+    heartbeat: float = 20.0
+    #: Largest message accepted from a client, in bytes; larger ones close with 1009.
+    max_frame_size: int = 1024 * 1024
+    #: Negotiate permessage-deflate (RFC 7692). It costs CPU and ~100 KiB per connection.
+    compress: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SocketIOConfig:
+    """Socket.IO (protocol v5, Engine.IO v4) on ``/socket.io/``."""
+
+    enabled: bool = True
+    #: Engine.IO ping interval and timeout, in seconds.
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    #: Largest Engine.IO message or polling payload accepted from a client, in bytes.
+    max_frame_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Per-connection resource limits."""
+
+    #: Bytes queued for one peer before it is closed as a slow consumer (4008).
+    max_outbound_bytes: int = 1024 * 1024
+    #: Frames queued for one peer before it is closed as a slow consumer (4008).
+    max_outbound_frames: int = 4096
+    #: Frames received and not yet handled before the peer is closed (1008).
+    max_inbound_frames: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One port, its callback module and the callback's options."""
+
+    interface: Interface = field(metadata={"parse": parse_interface})
+    #: Import string of the callback module: ``package.module`` or ``package.module:attr``.
+    callback: str = "callbacks.pubsub"
+    #: Handed to the callback's ``init``: a mapping, or the callback's ``Options`` dataclass.
+    options: Any = field(default_factory=dict)
+    tls: TlsConfig | None = None
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    socketio: SocketIOConfig = field(default_factory=SocketIOConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: The key path of this listener in its file (``listeners[0]``), for error messages.
+    key: str = field(default="listeners[0]", metadata={"yaml": False})
+
+    @property
+    def name(self) -> str:
+        return str(self.interface)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """A message broker the pub/sub callback and RPC can use by name."""
+
+    type: Literal["amqp", "memory"] = "amqp"
+    #: AMQP URL (``amqp://`` or ``amqps://``); ``RABBITSOCKS_AMQP_URL`` overrides it.
+    url: str = DEFAULT_AMQP_URL
+    #: The topic exchange; declared (durable) when it is not a built-in ``amq.*`` one.
+    exchange: str = "amq.topic"
+    #: Seconds to wait for a publisher confirm before a publish fails.
+    confirm_timeout: float = 5.0
+    #: AMQP prefetch (unacknowledged deliveries in flight) of the process's queue.
+    prefetch: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole configuration file."""
+
+    listeners: tuple[ListenerConfig, ...]
+    #: Brokers by name. ``memory`` always exists, whether listed or not.
+    brokers: Mapping[str, BrokerConfig] = field(default_factory=dict)
+    #: The broker used when a command or listener names none: ``amqp`` when such a broker is
+    #: configured, else ``memory``.
+    default_broker: str | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+    #: Seconds allowed for a graceful shutdown before remaining connections are dropped.
+    shutdown_timeout: float = 10.0
+    #: Where this configuration came from, for error messages.
+    source: str = field(default="<config>", metadata={"yaml": False})
+
+    @property
+    def broker_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("memory", *self.brokers)))
+
+    @property
+    def effective_default_broker(self) -> str:
+        if self.default_broker is not None:
+            return self.default_broker
+        return "amqp" if "amqp" in self.brokers else "memory"
+
+
+# --- the generic parser ------------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+_EXPECTED_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _parse_value(tp: Any, raw: object, key: str) -> Any:
+    """Parse ``raw`` as type ``tp``; raise ``_KeyedInvalid`` naming ``key`` on a mismatch."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return raw
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse_value(inner, raw, key)
+    if origin is Literal:
+        if raw in args and type(raw) is type(args[0]):
+            return raw
+        choices = ", ".join(repr(a) for a in args)
+        raise _KeyedInvalid(key, f"expected one of {choices}, got {_show(raw)}")
+    if tp in _EXPECTED_NAMES:
+        ok = (
+            isinstance(raw, bool)
+            if tp is bool
+            else isinstance(raw, tp if tp is not float else (int, float))
+            and not isinstance(raw, bool)
+        )
+        if not ok:
+            raise _KeyedInvalid(key, f"expected {_EXPECTED_NAMES[tp]}, got {_show(raw)}")
+        return float(raw) if tp is float else raw  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise _KeyedInvalid(key, f"expected a list, got {_show(raw)}")
+        return tuple(_parse_value(args[0], item, f"{key}[{i}]") for i, item in enumerate(raw))
+    if origin in (Mapping, dict):
+        if not isinstance(raw, dict):
+            raise _KeyedInvalid(key, f"expected a mapping, got {_show(raw)}")
+        out = {}
+        for name, value in raw.items():
+            if not isinstance(name, str):
+                raise _KeyedInvalid(key, f"expected string keys, got {_show(name)}")
+            out[name] = _parse_value(args[1], value, f"{key}.{name}")
+        return out
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, raw, key)
+    raise TypeError(f"no parser for {tp!r}")  # a bug in the schema, not in the file
+
+
+class _KeyedInvalid(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+def _parse_dataclass(cls: type[T], raw: object, key: str) -> T:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _KeyedInvalid(key, f"expected a mapping, got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}  # type: ignore[arg-type]
+    for name in raw:
+        if name not in fields:
+            where = f"{key}.{name}" if key else str(name)
+            known = ", ".join(fields)
+            raise _KeyedInvalid(where, f"unknown key (expected one of: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = f"{key}.{name}" if key else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _KeyedInvalid(where, "missing required key")
+            continue
+        parse: Callable[[object], Any] | None = f.metadata.get("parse")
+        if parse is not None:
+            try:
+                values[name] = parse(raw[name])
+            except _Invalid as exc:
+                raise _KeyedInvalid(where, str(exc)) from None
+        else:
+            values[name] = _parse_value(hints[name], raw[name], where)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        # __post_init__ checks of a callback's Options land here.
+        raise _KeyedInvalid(key, str(exc)) from None
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def default_config_path() -> Path:
+    """``config/default.yaml``: shipped in the wheel as ``rabbitsocks/default.yaml``."""
+    packaged = resources.files("rabbitsocks").joinpath("default.yaml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    import_callbacks: bool = True,
+) -> Config:
+    """Read, validate and return a configuration file (the default one when ``path`` is None).
+
+    Raises ``ConfigError`` on the first mistake found.
+    """
+    file = Path(path) if path is not None else default_config_path()
+    source = str(path) if path is not None else str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, where, f"not valid YAML: {problem}") from None
+    return parse_config(raw, source=source, environ=environ, import_callbacks=import_callbacks)
+
+
+def parse_config(
+    raw: object,
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    import_callbacks: bool = True,
+) -> Config:
+    """Validate an already-parsed YAML document. See ``load_config``."""
+    env = os.environ if environ is None else environ
+    try:
+        config = _parse_dataclass(Config, raw, "")
+    except _KeyedInvalid as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
+    if not config.listeners:
+        raise ConfigError(source, "listeners", "expected at least one listener")
+    config = dataclasses.replace(
+        config,
+        source=source,
+        listeners=tuple(
+            dataclasses.replace(listener, key=f"listeners[{i}]")
+            for i, listener in enumerate(config.listeners)
+        ),
+    )
+    config = _apply_environment(config, env)
+    _check_brokers(config)
+    if import_callbacks:
+        config = dataclasses.replace(
+            config, listeners=tuple(_load_callback(config, li) for li in config.listeners)
+        )
+    return config
+
+
+def _check_brokers(config: Config) -> None:
+    for name, broker in config.brokers.items():
+        if name == "memory" and broker.type != "memory":
+            raise ConfigError(config.source, "brokers.memory.type", "expected 'memory'")
+        if broker.type == "amqp" and not broker.url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(
+                config.source,
+                f"brokers.{name}.url",
+                f"expected an amqp:// or amqps:// URL, got {_show(_mask(broker.url))}",
+            )
+    default = config.effective_default_broker
+    if default not in config.broker_names:
+        raise ConfigError(
+            config.source,
+            "default_broker",
+            f"expected one of the configured brokers ({', '.join(config.broker_names)}),"
+            f" got {default!r}",
+        )
+    ports: dict[int, str] = {}
+    for listener in config.listeners:
+        port = listener.interface.port
+        if port and port in ports:
+            raise ConfigError(
+                config.source,
+                f"{listener.key}.interface",
+                f"port {port} is already used by {ports[port]} (expected a distinct port)",
+            )
+        ports[port] = listener.key
+
+
+def _mask(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, hostpart = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hostpart}"
+
+
+def _load_callback(config: Config, listener: ListenerConfig) -> ListenerConfig:
+    try:
+        target = import_callback(listener.callback)
+    except CallbackLoadError as exc:
+        raise ConfigError(config.source, f"{listener.key}.callback", str(exc)) from None
+    try:
+        options = parse_options(target, listener.options, f"{listener.key}.options")
+    except _KeyedInvalid as exc:
+        raise ConfigError(config.source, exc.key, exc.message) from None
+    return dataclasses.replace(listener, options=options)
+
+
+def parse_options(target: object, raw: object, key: str = "options") -> Any:
+    """Parse a listener's options against the callback's ``Options`` dataclass, if any."""
+    schema = options_type(target)
+    if schema is None:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise _KeyedInvalid(key, f"expected a mapping, got {_show(raw)}")
+        return raw
+    if isinstance(raw, schema):
+        return raw
+    return _parse_dataclass(schema, raw, key)
+
+
+def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
+    def invalid(var: str, message: str) -> ConfigError:
+        return ConfigError("environment", var, message)
+
+    brokers = dict(config.brokers)
+    url = env.get("RABBITSOCKS_AMQP_URL")
+    if url:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise invalid("RABBITSOCKS_AMQP_URL", f"expected an amqp:// URL, got {_mask(url)!r}")
+        current = brokers.get("amqp", BrokerConfig())
+        brokers["amqp"] = dataclasses.replace(current, url=url)
+    exchange = env.get("RABBITSOCKS_AMQP_EXCHANGE")
+    if exchange:
+        if "amqp" not in brokers:
+            raise invalid("RABBITSOCKS_AMQP_EXCHANGE", "expected an amqp broker to apply it to")
+        brokers["amqp"] = dataclasses.replace(brokers["amqp"], exchange=exchange)
+    config = dataclasses.replace(config, brokers=brokers)
+
+    if default := env.get("RABBITSOCKS_DEFAULT_BROKER"):
+        config = dataclasses.replace(config, default_broker=default)
+    if listen := env.get("RABBITSOCKS_LISTEN"):
+        if len(config.listeners) != 1:
+            raise invalid("RABBITSOCKS_LISTEN", "expected a configuration with one listener")
+        try:
+            interface = parse_interface(int(listen) if listen.isdigit() else listen)
+        except _Invalid as exc:
+            raise invalid("RABBITSOCKS_LISTEN", str(exc)) from None
+        config = dataclasses.replace(
+            config, listeners=(dataclasses.replace(config.listeners[0], interface=interface),)
+        )
+    log = config.log
+    for var, attr, tp in (
+        ("RABBITSOCKS_LOG_LEVEL", "level", LogConfig.__dataclass_fields__["level"]),
+        ("RABBITSOCKS_LOG_FORMAT", "format", LogConfig.__dataclass_fields__["format"]),
+    ):
+        if value := env.get(var):
+            hint = typing.get_type_hints(LogConfig)[tp.name]
+            try:
+                parsed = _parse_value(hint, value.lower(), var)
+            except _KeyedInvalid as exc:
+                raise invalid(var, exc.message) from None
+            log = dataclasses.replace(log, **{attr: parsed})
+    return dataclasses.replace(config, log=log)

@@ -1,0 +1,249 @@
+"""Configuration validation: every mistake is one line naming the file, key and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rabbitsocks.config import (
+    Interface,
+    load_config,
+    parse_config,
+    parse_interface,
+)
+from rabbitsocks.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def error_of(raw: object, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="x.yaml", environ=environ or {})
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (8080, Interface(None, 8080)),
+        ("8080", Interface(None, 8080)),
+        ("127.0.0.1:8080", Interface("127.0.0.1", 8080)),
+        ("[::1]:8080", Interface("::1", 8080)),
+        ("localhost:0", Interface("localhost", 0)),
+    ],
+)
+def test_interfaces(raw: object, expected: Interface) -> None:
+    assert parse_interface(raw) == expected
+
+
+def test_minimal_file_gets_defaults() -> None:
+    config = parse_config({"listeners": [{"interface": 8080}]}, environ={})
+    (listener,) = config.listeners
+    assert listener.callback == "callbacks.pubsub"
+    assert listener.websocket.heartbeat == 20.0
+    assert config.effective_default_broker == "memory"
+
+
+def test_several_listeners_each_with_its_callback() -> None:
+    config = parse_config(
+        {
+            "listeners": [
+                {"interface": "127.0.0.1:8080", "callback": "callbacks.pubsub"},
+                {"interface": 8081, "callback": "callbacks.echo", "options": {"a": 1}},
+            ]
+        },
+        environ={},
+    )
+    assert [li.callback for li in config.listeners] == ["callbacks.pubsub", "callbacks.echo"]
+    assert config.listeners[1].options == {"a": 1}
+    assert config.listeners[1].key == "listeners[1]"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "x.yaml: listeners: missing required key"),
+        ({"listeners": []}, "x.yaml: listeners: expected at least one listener"),
+        ({"listeners": {}}, "x.yaml: listeners: expected a list, got {} (dict)"),
+        (
+            {"listeners": [{"interface": 8080}], "colour": "red"},
+            "x.yaml: colour: unknown key (expected one of: listeners, brokers, default_broker,"
+            " log, shutdown_timeout)",
+        ),
+        (
+            {"listeners": [{"interface": "nowhere"}]},
+            'x.yaml: listeners[0].interface: expected a port (8080) or "host:port"'
+            ' ("127.0.0.1:8080", "[::1]:8080"), got \'nowhere\' (str)',
+        ),
+        (
+            {"listeners": [{"interface": 70000}]},
+            "x.yaml: listeners[0].interface: expected a port between 0 and 65535, got 70000",
+        ),
+        (
+            {"listeners": [{"interface": "::1:80"}]},
+            'x.yaml: listeners[0].interface: expected an IPv6 host in brackets ("[::1]:8080"),'
+            " got '::1:80' (str)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "websocket": {"heartbeat": "often"}}]},
+            "x.yaml: listeners[0].websocket.heartbeat: expected a number, got 'often' (str)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "websocket": {"compress": "yes"}}]},
+            "x.yaml: listeners[0].websocket.compress: expected true or false, got 'yes' (str)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "limits": {"max_outbound_bytes": True}}]},
+            "x.yaml: listeners[0].limits.max_outbound_bytes: expected an integer, got True (bool)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "tls": {"cert": "c.pem"}}]},
+            "x.yaml: listeners[0].tls.key: missing required key",
+        ),
+        (
+            {"listeners": [{"interface": 1, "callback": "no_such_module_here"}]},
+            "x.yaml: listeners[0].callback: cannot import 'no_such_module_here':"
+            " no module named 'no_such_module_here' (is it on the Python path?)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "callback": "json"}]},
+            "x.yaml: listeners[0].callback: json lacks the required functions"
+            " subprotocol_name(), init(), open(), handle_frame(), terminate()",
+        ),
+        (
+            {"listeners": [{"interface": 1, "callback": "callbacks.echo:nope"}]},
+            "x.yaml: listeners[0].callback: 'callbacks.echo' has no attribute 'nope'",
+        ),
+        (
+            {"listeners": [{"interface": 1, "options": {"max_topics": "many"}}]},
+            "x.yaml: listeners[0].options.max_topics: expected an integer, got 'many' (str)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "options": {"colour": 1}}]},
+            "x.yaml: listeners[0].options.colour: unknown key (expected one of: broker,"
+            " wildcards, max_topics)",
+        ),
+        (
+            {"listeners": [{"interface": 1, "options": {"max_topics": 0}}]},
+            "x.yaml: listeners[0].options: max_topics: expected a positive integer",
+        ),
+        (
+            {"listeners": [{"interface": 8080}, {"interface": "127.0.0.1:8080"}]},
+            "x.yaml: listeners[1].interface: port 8080 is already used by listeners[0]"
+            " (expected a distinct port)",
+        ),
+        (
+            {"listeners": [{"interface": 1}], "brokers": {"amqp": {"url": "http://x"}}},
+            "x.yaml: brokers.amqp.url: expected an amqp:// or amqps:// URL, got 'http://x' (str)",
+        ),
+        (
+            {"listeners": [{"interface": 1}], "brokers": {"amqp": {"type": "kafka"}}},
+            "x.yaml: brokers.amqp.type: expected one of 'amqp', 'memory', got 'kafka' (str)",
+        ),
+        (
+            {"listeners": [{"interface": 1}], "default_broker": "amqp"},
+            "x.yaml: default_broker: expected one of the configured brokers (memory), got 'amqp'",
+        ),
+        (
+            {"listeners": [{"interface": 1}], "log": {"level": "loud"}},
+            "x.yaml: log.level: expected one of 'debug', 'info', 'warning', 'error',"
+            " got 'loud' (str)",
+        ),
+    ],
+)
+def test_each_mistake_has_one_precise_line(raw: object, message: str) -> None:
+    assert error_of(raw) == message
+
+
+def test_passwords_are_masked_in_errors() -> None:
+    text = error_of(
+        {"listeners": [{"interface": 1}], "brokers": {"b": {"url": "http://u:secret@h/"}}}
+    )
+    assert "secret" not in text
+    assert "u:***@h/" in text
+
+
+def test_amqp_url_from_the_environment_adds_the_default_broker() -> None:
+    config = parse_config(
+        {"listeners": [{"interface": 1}]},
+        environ={"RABBITSOCKS_AMQP_URL": "amqp://u:p@rabbit:5672/"},
+    )
+    assert config.brokers["amqp"].url == "amqp://u:p@rabbit:5672/"
+    assert config.brokers["amqp"].exchange == "amq.topic"
+    assert config.effective_default_broker == "amqp"
+    assert "memory" in config.broker_names
+
+
+def test_environment_overrides_the_file() -> None:
+    config = parse_config(
+        {
+            "listeners": [{"interface": 1}],
+            "brokers": {"amqp": {"url": "amqp://a/", "exchange": "x"}},
+            "log": {"level": "info"},
+        },
+        environ={
+            "RABBITSOCKS_AMQP_URL": "amqp://b/",
+            "RABBITSOCKS_AMQP_EXCHANGE": "y",
+            "RABBITSOCKS_LOG_LEVEL": "DEBUG",
+            "RABBITSOCKS_LOG_FORMAT": "json",
+            "RABBITSOCKS_LISTEN": "0.0.0.0:9000",
+            "RABBITSOCKS_DEFAULT_BROKER": "memory",
+        },
+    )
+    assert (config.brokers["amqp"].url, config.brokers["amqp"].exchange) == ("amqp://b/", "y")
+    assert (config.log.level, config.log.format) == ("debug", "json")
+    assert config.listeners[0].interface == Interface("0.0.0.0", 9000)
+    assert config.effective_default_broker == "memory"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"RABBITSOCKS_AMQP_URL": "redis://x"},
+            "environment: RABBITSOCKS_AMQP_URL: expected an amqp:// URL, got 'redis://x'",
+        ),
+        (
+            {"RABBITSOCKS_LOG_LEVEL": "loud"},
+            "environment: RABBITSOCKS_LOG_LEVEL: expected one of 'debug', 'info', 'warning',"
+            " 'error', got 'loud' (str)",
+        ),
+        (
+            {"RABBITSOCKS_LISTEN": "x:y"},
+            'environment: RABBITSOCKS_LISTEN: expected a port (8080) or "host:port"'
+            ' ("127.0.0.1:8080", "[::1]:8080"), got \'x:y\' (str)',
+        ),
+    ],
+)
+def test_environment_mistakes(environ: dict[str, str], message: str) -> None:
+    assert error_of({"listeners": [{"interface": 1}]}, environ) == message
+
+
+def test_load_config_names_the_file_and_the_yaml_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("listeners:\n  - interface: [8080\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value).startswith(f"{path}: line ")
+    assert "not valid YAML" in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: no such file"):
+        load_config("nope.yaml", environ={})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_examples_are_valid(path: Path) -> None:
+    load_config(path, environ={})
+
+
+def test_default_config_is_a_pubsub_listener_on_memory() -> None:
+    config = load_config(None, environ={})
+    (listener,) = config.listeners
+    assert str(listener.interface) == "127.0.0.1:8080"
+    assert listener.callback == "callbacks.pubsub"
+    assert config.effective_default_broker == "memory"
