@@ -1,0 +1,145 @@
+"""Fixtures for the tests against the real RabbitMQ (127.0.0.1:5672, management on :15672).
+
+These tests fail, never skip, when RabbitMQ is down: a skipped integration suite looks green.
+``RABBITSOCKS_AMQP_URL`` and ``RABBITSOCKS_RABBITMQ_ADMIN_URL`` point them elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import pytest
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The AMQP URL of the test RabbitMQ; fails the test at once if nothing listens there."""
+    url = os.environ.get("RABBITSOCKS_AMQP_URL", DEFAULT_AMQP_URL)
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+    except OSError as exc:
+        pytest.fail(f"RabbitMQ is not reachable at {host}:{port} ({exc}); start it first")
+    return url
+
+
+class RabbitAdmin:
+    """What the tests ask RabbitMQ itself: the management HTTP API, and ``rabbitmqctl``."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, vhost: str = "/") -> None:
+        self._session = session
+        self._base = base.rstrip("/") + "/api"
+        self._vhost = quote(vhost, safe="")
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        async with self._session.request(method, self._base + path, json=body) as response:
+            if response.status == 404:
+                return None
+            response.raise_for_status()
+            text = await response.text()
+            return json.loads(text) if text else None
+
+    async def overview(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/overview")
+        return result
+
+    async def queue(self, name: str) -> dict[str, Any] | None:
+        """The queue, or ``None`` if it does not exist."""
+        result: dict[str, Any] | None = await self._request(
+            "GET", f"/queues/{self._vhost}/{quote(name, safe='')}"
+        )
+        return result
+
+    async def bindings(self, queue: str, exchange: str = "amq.topic") -> list[str]:
+        """The binding keys from ``exchange`` to ``queue``, sorted (duplicates kept)."""
+        found = await self._request(
+            "GET", f"/queues/{self._vhost}/{quote(queue, safe='')}/bindings"
+        )
+        return sorted(b["routing_key"] for b in found or () if b["source"] == exchange)
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue as an operator would; ``rabbitmqctl`` because the HTTP API refuses
+        to touch an exclusive queue of another connection."""
+        await self.rabbitmqctl("-q", "delete_queue", name)
+
+    async def exchange(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._request(
+            "GET", f"/exchanges/{self._vhost}/{quote(name, safe='')}"
+        )
+        return result
+
+    async def declare_exchange(self, name: str, type_: str = "topic", durable: bool = True) -> None:
+        await self._request(
+            "PUT",
+            f"/exchanges/{self._vhost}/{quote(name, safe='')}",
+            {"type": type_, "durable": durable},
+        )
+
+    async def delete_exchange(self, name: str) -> None:
+        await self._request("DELETE", f"/exchanges/{self._vhost}/{quote(name, safe='')}")
+
+    async def eventually(self, probe: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Poll external state until ``probe()`` holds (for 10 s at most): RabbitMQ sends no
+        event when a binding or a queue goes."""
+        deadline = time.monotonic() + 10.0
+        while not await probe():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def rabbitmqctl(self, *args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {err.decode().strip()}")
+        return out.decode()
+
+    async def close_connections(self, connection_name: str, reason: str = "test") -> int:
+        """``rabbitmqctl close_connection`` every connection named ``connection_name``.
+
+        ``list_connections`` is read in its text form: its JSON form writes pids as
+        ``#PID<...>``, which ``close_connection`` does not accept.
+        """
+        listing = await self.rabbitmqctl(
+            "-q", "--no-table-headers", "list_connections", "pid", "client_properties"
+        )
+        needle = '{"connection_name",' + json.dumps(connection_name) + "}"
+        pids = [line.split("\t", 1)[0] for line in listing.splitlines() if needle in line]
+        for pid in pids:
+            await self.rabbitmqctl("close_connection", pid, reason)
+        return len(pids)
+
+
+@pytest.fixture
+async def rabbitmq_admin() -> AsyncIterator[RabbitAdmin]:
+    """The management API of the test RabbitMQ (fails the test if it does not answer)."""
+    parts = urlsplit(os.environ.get("RABBITSOCKS_RABBITMQ_ADMIN_URL", DEFAULT_ADMIN_URL))
+    credentials = f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()
+    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as s:
+        admin = RabbitAdmin(s, base)
+        try:
+            await admin.overview()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            pytest.fail(f"the RabbitMQ management API does not answer at {base} ({exc!r})")
+        yield admin
