@@ -1,0 +1,1 @@
+"""Callback modules shipped with rabbitsocks: ``callbacks.echo`` and ``callbacks.pubsub``."""

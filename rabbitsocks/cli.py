@@ -1,0 +1,158 @@
+"""The command line: ``rabbitsocks serve``, ``rabbitsocks check``.
+
+A thin layer over the programmatic API: ``serve`` builds a ``Server`` from the configuration
+and runs it until SIGINT or SIGTERM. Errors are one sentence on stderr; a bad configuration
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rabbitsocks import __version__
+from rabbitsocks.callback import options_mapping
+from rabbitsocks.config import ENVIRONMENT, Config, _mask, load_config
+from rabbitsocks.errors import ConfigError
+from rabbitsocks.logs import configure_logging
+
+__all__ = ["main"]
+
+logger = logging.getLogger("rabbitsocks")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    env_help = "\n".join(f"  {var:28} {what}" for var, what in ENVIRONMENT.items())
+    parser = argparse.ArgumentParser(
+        prog="rabbitsocks",
+        description="A bridge between browsers (WebSocket, Socket.IO) and RabbitMQ.",
+        epilog=f"environment overrides:\n{env_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rabbitsocks {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the listeners of a configuration",
+        description="Run the listeners of a configuration until SIGINT or SIGTERM. With no"
+        " -c, the built-in default: a pubsub listener on 127.0.0.1:8080 on the in-process"
+        " memory broker (or on RabbitMQ when RABBITSOCKS_AMQP_URL is set).",
+    )
+    serve.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="override log.format for this run"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="override log.level for this run",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), or asyncio",
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration and print what it would start",
+        description="Validate a configuration (keys, types, callbacks) and print the"
+        " listeners and brokers it would start. Exit status 2 when it is invalid.",
+    )
+    check.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_CONFIG
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"rabbitsocks: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(describe(config))
+        return 0
+    configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    try:
+        _run(serve(config), args.loop)
+    except ConfigError as exc:
+        print(f"rabbitsocks: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def describe(config: Config) -> str:
+    """What ``check`` prints: the listeners and brokers a configuration would start."""
+    lines = [f"{config.source}: OK"]
+    for listener in config.listeners:
+        tls = " (TLS)" if listener.tls else ""
+        lines.append(f"listener {listener.interface}{tls}: callback {listener.callback}")
+        for key, value in options_mapping(listener.options).items():
+            lines.append(f"  {key}: {value!r}")
+    lines.append("broker memory: in-process")
+    for name, broker in config.brokers.items():
+        if broker.type == "amqp":
+            lines.append(f"broker {name}: {_mask(broker.url)} exchange {broker.exchange}")
+    lines.append(f"default broker: {config.effective_default_broker}")
+    return "\n".join(lines)
+
+
+def _run(main: Any, loop: str) -> None:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise ConfigError(
+                    "--loop", "uvloop", "uvloop is not installed (pip install 'rabbitsocks[speed]')"
+                ) from None
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+async def serve(config: Config) -> None:
+    """Run ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
+    from rabbitsocks.server import Server
+
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    for listener in server.listeners:
+        http = [
+            u.replace("ws", "http", 1).replace("/websocket/", "/socket.io/") for u in listener.urls
+        ]
+        logger.info(
+            "listening on %s (WebSocket) and %s (Socket.IO), callback %s",
+            ", ".join(listener.urls),
+            ", ".join(http) if listener.socketio else "-",
+            listener.config.callback,
+        )
+    try:
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await server.stop()
+    logger.info("stopped")

@@ -1,0 +1,324 @@
+"""Listeners and the server: one aiohttp application and site per listener, one process.
+
+Each listener is an aiohttp application with its own runner and site, serving bare
+WebSocket on ``/websocket/<path>`` and Socket.IO on ``/socket.io/`` for its callback; all
+listeners of a process share one event loop and one set of ``Services`` (brokers, hubs).
+An application per listener (rather than one application dispatching on the local port)
+keeps per-listener settings, such as Socket.IO's, where python-socketio wants them.
+
+Graceful shutdown is ordered: stop accepting, close every connection with 1001 "going away"
+(Socket.IO clients are disconnected), wait for every ``terminate`` up to the shutdown
+timeout, then release the sockets, then unbind and close the brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from rabbitsocks.callback import CallbackRunner, ListenerContext, resolve_callback
+from rabbitsocks.config import (
+    Config,
+    Interface,
+    ListenerConfig,
+    parse_interface,
+    parse_options,
+)
+from rabbitsocks.connection import CLOSE_GOING_AWAY, Connection
+from rabbitsocks.errors import CallbackLoadError, ConfigError
+from rabbitsocks.services import Services
+from rabbitsocks.transports.socketio import SocketIOEndpoint
+from rabbitsocks.transports.websocket import WebSocketEndpoint
+
+__all__ = ["Listener", "Server", "start_listener"]
+
+logger = logging.getLogger("rabbitsocks.server")
+
+
+class Listener:
+    """One listening port with its callback. Also the handle ``start_listener`` returns."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        callback: CallbackRunner,
+        services: Services,
+        *,
+        source: str = "<api>",
+        owns_services: bool = False,
+    ) -> None:
+        self.config = config
+        self.callback = callback
+        self.options = config.options
+        self.services = services
+        self.name = config.name
+        self.closing = False
+        self._source = source
+        self._owns_services = owns_services
+        self._connections: set[Connection] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._sockets: list[socket.socket] = []
+        self.app = web.Application()
+        self.websocket = WebSocketEndpoint(self)
+        self.websocket.add_routes(self.app)
+        self.socketio: SocketIOEndpoint | None = None
+        if config.socketio.enabled:
+            self.socketio = SocketIOEndpoint(self)
+            self.socketio.add_routes(self.app)
+
+    # --- bookkeeping used by the transports -----------------------------------------------
+
+    def track(self, conn: Connection) -> None:
+        self._connections.add(conn)
+        self._idle.clear()
+
+    def untrack(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+        if not self._connections:
+            self._idle.set()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in a task that is kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- addresses ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if not self._sockets:
+            raise RuntimeError("the listener is not started")
+        port: int = self._sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def urls(self) -> list[str]:
+        """Where clients connect: the WebSocket base URL per bound address."""
+        scheme = "wss" if self.config.tls else "ws"
+        urls = []
+        for sock in self._sockets:
+            host, port = sock.getsockname()[:2]
+            if sock.family == socket.AF_INET6:
+                host = f"[{host}]"
+            urls.append(f"{scheme}://{host}:{port}/websocket/")
+        return urls
+
+    # --- start and stop -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        key = f"{self.config.key}.interface"
+        ssl_context = self._ssl_context()
+        try:
+            self._sockets = _bind(self.config.interface)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                message = (
+                    f"port {self.config.interface.port} is already in use"
+                    " (expected a free port; is another server running?)"
+                )
+            else:
+                message = f"cannot listen on {self.config.interface}: {exc.strerror or exc}"
+            raise ConfigError(self._source, key, message) from None
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        for sock in self._sockets:
+            site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
+            await site.start()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if tls is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                self._source,
+                f"{self.config.key}.tls",
+                f"cannot load certificate {tls.cert!r} and key {tls.key!r}: {exc}",
+            ) from None
+        return context
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, close every connection with 1001, wait for their ``terminate``
+        (at most ``timeout`` seconds), then release the port."""
+        if self.closing:
+            return
+        self.closing = True
+        runner = self._runner
+        if runner is not None:
+            for site in list(runner.sites):
+                await site.stop()  # stops accepting; open connections stay
+        for conn in list(self._connections):
+            conn.close(CLOSE_GOING_AWAY, "going away")
+        if self.socketio is not None:
+            await self.socketio.shutdown()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            logger.warning(
+                "%s: %d connection(s) still open after %.1fs; dropping them",
+                self.name,
+                len(self._connections),
+                timeout,
+            )
+        if runner is not None:
+            await runner.cleanup()  # cancels what is left; their terminate still runs
+        for sock in self._sockets:
+            sock.close()
+        if self._owns_services:
+            await self.services.close()
+
+
+def _bind(interface: Interface) -> list[socket.socket]:
+    """Listening sockets for ``interface``: every address of the host (all interfaces
+    when it has none), each with SO_REUSEADDR like aiohttp's own sites."""
+    host = interface.host
+    infos = socket.getaddrinfo(
+        host, interface.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if host is None:
+        # All interfaces: IPv4 and, where the host has it, IPv6 on the same port.
+        infos = [i for i in infos if i[0] == socket.AF_INET] + [
+            i for i in infos if i[0] == socket.AF_INET6
+        ]
+    sockets: list[socket.socket] = []
+    seen = set()
+    port = interface.port
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr[0]) in seen:
+                continue
+            seen.add((family, addr[0]))
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((addr[0], port, *addr[2:]))
+            except OSError:
+                if family == socket.AF_INET6 and host is None:
+                    sockets.pop().close()  # no IPv6 here: IPv4 alone is fine
+                    continue
+                raise
+            sock.listen(1024)
+            sock.setblocking(False)
+            if port == 0:  # every address of one listener shares the port first bound
+                port = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Server:
+    """Every listener of a configuration, with their shared services."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.services = Services.from_config(config)
+        self.listeners: list[Listener] = []
+
+    async def start(self) -> None:
+        """Start the brokers, then every listener; raises ``ConfigError`` (after
+        releasing what was started) if a listener cannot start."""
+        await self.services.start()
+        try:
+            for listener_config in self.config.listeners:
+                listener = await _make_listener(
+                    listener_config, self.services, source=self.config.source
+                )
+                self.listeners.append(listener)
+                await listener.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        timeout = self.config.shutdown_timeout
+        await asyncio.gather(*(listener.stop(timeout) for listener in self.listeners))
+        await self.services.close()
+
+
+async def _make_listener(
+    config: ListenerConfig, services: Services, *, source: str, owns_services: bool = False
+) -> Listener:
+    context = ListenerContext(name=config.name, options=config.options, services=services)
+    from rabbitsocks.callback import import_callback
+
+    try:
+        target = import_callback(config.callback)
+        runner = await resolve_callback(config.callback, target, context)
+    except CallbackLoadError as exc:
+        raise ConfigError(source, f"{config.key}.callback", str(exc)) from None
+    except (ValueError, LookupError) as exc:  # setup() rejecting its options
+        raise ConfigError(source, f"{config.key}.options", str(exc)) from None
+    return Listener(config, runner, services, source=source, owns_services=owns_services)
+
+
+async def start_listener(
+    interface: int | str = 0,
+    callback: str | object = "callbacks.echo",
+    options: Mapping[str, Any] | object | None = None,
+    *,
+    services: Services | None = None,
+    **settings: Any,
+) -> Listener:
+    """Start one listener and return its handle (``.port``, ``.urls``, ``await .stop()``).
+
+    ``interface`` is a port or ``"host:port"``; port 0 picks a free port. ``callback`` is
+    an import string or a callback object. ``services`` shares brokers and hubs between
+    listeners; without it the listener gets its own memory broker, closed by ``stop``.
+    ``settings`` are further ``ListenerConfig`` fields (``websocket=WebSocketConfig(...)``).
+    """
+    import dataclasses
+
+    from rabbitsocks.callback import import_callback
+
+    try:
+        iface = parse_interface(interface)
+    except Exception as exc:
+        raise ConfigError("<api>", "interface", str(exc)) from None
+    target = import_callback(callback) if isinstance(callback, str) else callback
+    name = callback if isinstance(callback, str) else type(callback).__name__
+    try:
+        parsed = parse_options(target, {} if options is None else options)
+    except Exception as exc:
+        raise ConfigError("<api>", "options", str(exc)) from None
+    config = ListenerConfig(interface=iface, callback=name, options=parsed, **settings)
+    config = dataclasses.replace(config, key="listener")
+    owns = services is None
+    services = services or Services.memory_only()
+    if owns:
+        await services.start()
+    context = ListenerContext(name=config.name, options=parsed, services=services)
+    try:
+        runner = await resolve_callback(name, target, context)
+        listener = Listener(config, runner, services, owns_services=owns)
+        await listener.start()
+    except BaseException:
+        if owns:
+            await services.close()
+        raise
+    return listener

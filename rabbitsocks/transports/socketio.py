@@ -1,0 +1,220 @@
+"""Socket.IO (protocol v5 over Engine.IO v4) on ``/socket.io/``, via python-socketio.
+
+Every namespace is accepted and handled by the listener's callback: namespace ``/chat`` is
+the path ``chat`` given to ``init`` (``/`` gives ``""``). One namespace connection is one
+``Connection``. Frames are ``message`` events: what a client ``send``s reaches
+``handle_frame`` (a string as ``str``, binary as ``bytes``, an object or array as its JSON
+text), and ``writer.send`` arrives at the client as a ``message`` event.
+
+Ordering: handlers run inline (``async_handlers=False``), so one client's frames are handled
+in order and a flood is slowed by TCP rather than queued as tasks. ``open`` runs in a task
+started by the connect handler, after python-socketio has queued the CONNECT packet, so
+frames sent by ``open`` follow it; ``message`` handlers wait for ``open`` to finish.
+
+Writes put packets straight onto the Engine.IO socket's queue (no coroutine, no task per
+recipient); that queue is the outbound buffer, bounded by ``max_outbound_frames``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import engineio.packet
+import orjson
+import socketio
+import socketio.exceptions
+import socketio.packet
+from aiohttp import web
+
+from rabbitsocks.connection import CLOSE_GOING_AWAY, Connection, ConnectionInfo, new_connection_id
+from rabbitsocks.errors import ConnectionRefused
+from rabbitsocks.frames import SharedFrame
+
+if TYPE_CHECKING:
+    from rabbitsocks.server import Listener
+
+__all__ = ["SocketIOEndpoint"]
+
+logger = logging.getLogger("rabbitsocks.socketio")
+
+
+def frame_from_event(args: tuple[Any, ...]) -> str | bytes:
+    """What a client's ``message`` event carries, as a callback frame."""
+    if len(args) == 1:
+        (data,) = args
+        if isinstance(data, str | bytes):
+            return data
+        return orjson.dumps(data).decode("utf-8")
+    return orjson.dumps(list(args)).decode("utf-8")
+
+
+class _Session:
+    """One namespace connection: its ``Connection`` and the task running ``open``."""
+
+    __slots__ = ("conn", "eio_sid", "opened")
+
+    def __init__(self, conn: Connection, eio_sid: str) -> None:
+        self.conn = conn
+        self.eio_sid = eio_sid
+        self.opened: asyncio.Task[None] = asyncio.get_running_loop().create_task(conn.run_open())
+
+
+class SocketIOEndpoint:
+    """python-socketio attached to one listener's aiohttp application."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        settings = listener.config.socketio
+        self.server = socketio.AsyncServer(
+            async_mode="aiohttp",
+            namespaces="*",
+            async_handlers=False,
+            always_connect=False,
+            cors_allowed_origins="*",
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            max_http_buffer_size=settings.max_frame_size,
+            logger=False,
+            engineio_logger=__import__("os").environ.get("EIO_DEBUG") == "1",
+        )
+        self._sessions: dict[str, _Session] = {}
+        self.server.on("connect", self._on_connect, namespace="*")
+        self.server.on("message", self._on_message, namespace="*")
+        self.server.on("disconnect", self._on_disconnect, namespace="*")
+        self._eio_disconnect = self.server.eio.handlers["disconnect"]
+        self.server.eio.on("disconnect", self._on_eio_disconnect)
+
+    def add_routes(self, app: web.Application) -> None:
+        self.server.attach(app, socketio_path="socket.io")
+
+    async def _on_connect(
+        self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None
+    ) -> None:
+        listener = self.listener
+        if listener.closing:
+            raise socketio.exceptions.ConnectionRefusedError("server is shutting down")
+        callback = listener.callback
+        path = namespace.lstrip("/")
+        try:
+            state = await callback.init(path, listener.options)
+        except ConnectionRefused as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
+        except Exception as exc:
+            logger.info("callback %s refused namespace %s: %s", callback.name, namespace, exc)
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        request = environ.get("aiohttp.request")
+        remote = getattr(request, "remote", None) or environ.get("REMOTE_ADDR") or ""
+        info = ConnectionInfo(
+            id=new_connection_id(),
+            listener=listener.name,
+            transport="socketio",
+            path=path,
+            remote=remote,
+        )
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, namespace)
+        transport = SocketIOTransport(self, sid, eio_sid, namespace)
+        conn = Connection(callback, transport, info, state)
+        listener.track(conn)
+        self._sessions[sid] = _Session(conn, eio_sid)
+
+    async def _on_message(self, namespace: str, sid: str, *args: Any) -> None:
+        session = self._sessions.get(sid)
+        if session is None:
+            return
+        await session.opened
+        await session.conn.handle(frame_from_event(args))
+
+    async def _on_disconnect(self, namespace: str, sid: str, reason: Any = None) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is None:
+            return
+        try:
+            await session.opened
+        finally:
+            await session.conn.run_terminate(None)
+            self.listener.untrack(session.conn)
+
+    async def _on_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
+        await self._eio_disconnect(eio_sid, *args)  # python-socketio's own handler
+        self._end_poll(eio_sid)
+
+    def _end_poll(self, eio_sid: str) -> None:
+        # When a polling client closes its Engine.IO session, python-engineio leaves the
+        # client's pending long-poll GET open until the ping timeout (tens of seconds); a
+        # client that waits for that GET before finishing its disconnect would hang. An
+        # empty poll ends it now (Engine.IO v4: an empty payload is a valid answer).
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is not None and (socket.closing or socket.closed):
+            socket.queue.put_nowait(None)
+
+    async def shutdown(self) -> None:
+        """Disconnect every client (which terminates their connections), then stop.
+
+        Engine.IO sockets get a CLOSE packet without waiting for the client to fetch it
+        (``AsyncServer.disconnect()`` waits for that, forever for a polling client that is
+        gone), and python-socketio's background tasks are stopped.
+        """
+        for session in list(self._sessions.values()):
+            session.conn.close(CLOSE_GOING_AWAY, "going away")
+        for socket in list(self.server.eio.sockets.values()):
+            await socket.close(wait=False, abort=False)
+        await self.server.shutdown()
+
+
+class SocketIOTransport:
+    """The ``Transport`` of one Socket.IO namespace connection."""
+
+    __slots__ = ("_closing", "_eio_sid", "_endpoint", "_max_frames", "_namespace", "_sid")
+
+    def __init__(self, endpoint: SocketIOEndpoint, sid: str, eio_sid: str, namespace: str):
+        self._endpoint = endpoint
+        self._sid = sid
+        self._eio_sid = eio_sid
+        self._namespace = namespace
+        self._max_frames = endpoint.listener.config.limits.max_outbound_frames
+        self._closing = False
+
+    def _put(self, encoded: str | list[Any]) -> bool:
+        socket = self._endpoint.server.eio.sockets.get(self._eio_sid)
+        if socket is None or socket.closed or self._closing:
+            return True  # going away; the disconnect handler terminates the connection
+        queue = socket.queue
+        if isinstance(encoded, list):  # a binary event: a header and its attachments
+            for part in encoded:
+                queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=part))
+        else:
+            queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=encoded))
+        return bool(queue.qsize() <= self._max_frames)
+
+    def _encode(self, frame: str | bytes) -> str | list[Any]:
+        packet = socketio.packet.Packet(
+            socketio.packet.EVENT, data=["message", frame], namespace=self._namespace
+        )
+        encoded: str | list[Any] = packet.encode()
+        return encoded
+
+    def write(self, frame: str | bytes) -> bool:
+        return self._put(self._encode(frame))
+
+    def write_shared(self, frame: SharedFrame) -> bool:
+        encoded = frame.cached(self._namespace)
+        if encoded is None:
+            encoded = frame.cache(self._namespace, self._encode(frame.data))
+        return self._put(encoded)
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        server = self._endpoint.server
+        self._endpoint.listener.spawn(server.disconnect(self._sid, self._namespace))
+
+    def abort(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        # The Engine.IO queue is full: drop the whole Engine.IO connection.
+        server = self._endpoint.server
+        self._endpoint.listener.spawn(server.eio.disconnect(self._eio_sid))

@@ -1,0 +1,187 @@
+"""Socket.IO on /socket.io/: python-socketio's AsyncClient over polling and websocket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+
+from rabbitsocks import ConnectionRefused, Listener, start_listener
+from tests.support.recorder import Recorder
+
+TRANSPORTS = {
+    "polling": ["polling"],
+    "websocket": ["websocket"],
+    "upgrade": ["polling", "websocket"],
+}
+
+
+@pytest.fixture
+async def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def listener(recorder: Recorder) -> AsyncIterator[Listener]:
+    handle = await start_listener("127.0.0.1:0", recorder, {"k": "v"})
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
+class Client:
+    """An AsyncClient whose ``message`` events land in a queue."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.messages: asyncio.Queue[Any] = asyncio.Queue()
+        self.disconnected = asyncio.Event()
+        self.connect_errors: list[Any] = []
+        self.sio.on(
+            "connect_error", lambda ns, data: self.connect_errors.append(data), namespace="*"
+        )
+        self.sio.on("message", lambda ns, data: self.messages.put_nowait(data), namespace="*")
+        self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace="*")
+
+    async def connect(
+        self, listener: Listener, transports: list[str], namespaces: list[str] | None = None
+    ) -> None:
+        await self.sio.connect(
+            f"http://127.0.0.1:{listener.port}",
+            transports=transports,
+            namespaces=namespaces or ["/"],
+            wait_timeout=5,
+        )
+
+    async def next(self) -> Any:
+        return await asyncio.wait_for(self.messages.get(), 5)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Client]:
+    c = Client()
+    try:
+        yield c
+    finally:
+        await c.sio.disconnect()
+
+
+@pytest.mark.parametrize("mode", list(TRANSPORTS))
+async def test_frames_both_ways(
+    listener: Listener, recorder: Recorder, client: Client, mode: str
+) -> None:
+    await client.connect(listener, TRANSPORTS[mode])
+    await client.sio.send("hello")
+    assert await client.next() == "hello"
+    await client.sio.send(b"\x00\xff")
+    assert await client.next() == b"\x00\xff"
+    if mode == "upgrade":
+        assert client.sio.transport() == "websocket"
+    assert recorder.inits == [("", {"k": "v"})]
+
+
+@pytest.mark.parametrize("mode", ["polling", "websocket"])
+async def test_objects_arrive_as_json_text(
+    listener: Listener, recorder: Recorder, client: Client, mode: str
+) -> None:
+    await client.connect(listener, TRANSPORTS[mode])
+    await client.sio.send({"command": "join", "topics": ["a"]})
+    assert await client.next() == '{"command":"join","topics":["a"]}'
+    await client.sio.send([1, "two"])
+    assert await client.next() == '[1,"two"]'
+
+
+async def test_namespace_is_the_path(
+    listener: Listener, recorder: Recorder, client: Client
+) -> None:
+    await client.connect(listener, ["websocket"], namespaces=["/chat", "/rooms/a"])
+    await client.sio.send("path", namespace="/chat")
+    assert await client.next() == "chat"
+    await client.sio.send("path", namespace="/rooms/a")
+    assert await client.next() == "rooms/a"
+    assert sorted(path for path, _ in recorder.inits) == ["chat", "rooms/a"]
+
+
+async def test_open_greeting_arrives_after_connect() -> None:
+    handle = await start_listener("127.0.0.1:0", Recorder(greet="welcome"))
+    client = Client()
+    try:
+        await client.connect(handle, ["polling"])
+        assert await client.next() == "welcome"
+    finally:
+        await client.sio.disconnect()
+        await handle.stop()
+
+
+@pytest.mark.parametrize("mode", ["polling", "websocket"])
+async def test_init_refusal_is_a_connect_error_with_the_reason(mode: str) -> None:
+    handle = await start_listener("127.0.0.1:0", Recorder(refuse=ConnectionRefused("go away")))
+    client = Client()
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(handle, TRANSPORTS[mode])
+        assert client.connect_errors == [{"message": "go away"}]
+    finally:
+        await handle.stop()
+
+
+async def test_crash_disconnects_only_that_client(listener: Listener, recorder: Recorder) -> None:
+    victim, bystander = Client(), Client()
+    try:
+        await victim.connect(listener, ["websocket"])
+        await bystander.connect(listener, ["polling"])
+        await victim.sio.send("crash")
+        await asyncio.wait_for(victim.disconnected.wait(), 5)
+        await recorder.wait_terminated(1)
+        await bystander.sio.send("still here")
+        assert await bystander.next() == "still here"
+    finally:
+        await victim.sio.disconnect()
+        await bystander.sio.disconnect()
+    await recorder.wait_terminated(2)
+
+
+@pytest.mark.parametrize("mode", ["polling", "websocket"])
+async def test_client_disconnect_terminates_once(
+    listener: Listener, recorder: Recorder, mode: str
+) -> None:
+    client = Client()
+    await client.connect(listener, TRANSPORTS[mode])
+    await client.sio.send("a")
+    await client.next()
+    await client.sio.disconnect()
+    await recorder.wait_terminated(1)
+    assert [s.frames for s in recorder.terminated] == [["a"]]
+
+
+async def test_writer_close_disconnects(listener: Listener, recorder: Recorder) -> None:
+    client = Client()
+    await client.connect(listener, ["websocket"])
+    await client.sio.send("bye")
+    await asyncio.wait_for(client.disconnected.wait(), 5)
+    await recorder.wait_terminated(1)
+
+
+async def test_stop_disconnects_clients_and_terminates(recorder: Recorder) -> None:
+    handle = await start_listener("127.0.0.1:0", recorder)
+    clients = [Client(), Client()]
+    await clients[0].connect(handle, ["websocket"])
+    await clients[1].connect(handle, ["polling"])
+    await handle.stop()
+    for c in clients:
+        await asyncio.wait_for(c.disconnected.wait(), 5)
+    assert len(recorder.terminated) == 2
+
+
+async def test_engineio_handshake_is_v4(listener: Listener) -> None:
+    url = f"http://127.0.0.1:{listener.port}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        body = await response.text()
+    assert body.startswith('0{"sid":')
+    assert '"upgrades":["websocket"]' in body

@@ -1,0 +1,249 @@
+"""Bare WebSocket on /websocket/<path>: real server on port 0, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from rabbitsocks import ConnectionRefused, Listener, start_listener
+from rabbitsocks.config import WebSocketConfig
+from tests.support.recorder import Recorder
+
+
+@pytest.fixture
+async def recorder() -> Recorder:
+    return Recorder(subprotocol="rec")
+
+
+@pytest.fixture
+async def listener(recorder: Recorder) -> AsyncIterator[Listener]:
+    handle = await start_listener("127.0.0.1:0", recorder, {"k": "v"})
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
+def ws_url(listener: Listener, path: str = "") -> str:
+    return f"ws://127.0.0.1:{listener.port}/websocket/{path}"
+
+
+async def test_path_and_options_reach_init(listener: Listener, recorder: Recorder) -> None:
+    async with websockets.connect(ws_url(listener, "rooms/a/b")) as ws:
+        await ws.send("path")
+        assert await asyncio.wait_for(ws.recv(), 5) == "rooms/a/b"
+    assert recorder.inits == [("rooms/a/b", {"k": "v"})]
+
+
+async def test_empty_path(listener: Listener, recorder: Recorder) -> None:
+    async with websockets.connect(f"ws://127.0.0.1:{listener.port}/websocket") as ws:
+        await ws.send("path")
+        assert await asyncio.wait_for(ws.recv(), 5) == ""
+
+
+async def test_text_stays_text_and_binary_stays_binary(listener: Listener) -> None:
+    async with websockets.connect(ws_url(listener)) as ws:
+        await ws.send("texte ünïcode")
+        assert await asyncio.wait_for(ws.recv(), 5) == "texte ünïcode"
+        await ws.send(b"\x00\x01\xfe")
+        assert await asyncio.wait_for(ws.recv(), 5) == b"\x00\x01\xfe"
+        big = "x" * 70_000  # a 64-bit length header (RFC 6455 section 5.2)
+        await ws.send(big)
+        assert await asyncio.wait_for(ws.recv(), 5) == big
+
+
+async def test_subprotocol_offered_and_ours_is_echoed(listener: Listener) -> None:
+    async with websockets.connect(ws_url(listener), subprotocols=["x", "rec"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "rec"
+
+
+async def test_no_subprotocol_offered_is_accepted(listener: Listener) -> None:
+    async with websockets.connect(ws_url(listener)) as ws:
+        assert ws.subprotocol is None
+
+
+async def test_subprotocol_offered_but_not_ours_is_refused(listener: Listener) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(ws_url(listener), protocols=("mqtt", "stomp"))
+    assert info.value.status == 400
+    with pytest.raises(InvalidStatus) as refused:
+        await websockets.connect(ws_url(listener), subprotocols=["mqtt"])  # type: ignore[list-item]
+    assert refused.value.response.status_code == 400
+    assert b"unsupported subprotocol: offered mqtt; this endpoint speaks 'rec'" in (
+        refused.value.response.body or b""
+    )
+
+
+async def test_client_ping_is_answered(listener: Listener) -> None:
+    async with websockets.connect(ws_url(listener)) as ws:
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+
+
+async def test_server_pings_and_drops_a_dead_peer() -> None:
+    recorder = Recorder()
+    handle = await start_listener("127.0.0.1:0", recorder, websocket=WebSocketConfig(heartbeat=0.4))
+    try:
+        async with aiohttp.ClientSession() as session:
+            # autoping off: the client never answers the server's pings, like a dead peer.
+            ws = await session.ws_connect(ws_url(handle), autoping=False)
+            msg = await ws.receive(timeout=5)
+            assert msg.type is aiohttp.WSMsgType.PING
+            await recorder.wait_terminated(1, timeout=5)
+            await ws.close()
+    finally:
+        await handle.stop()
+
+
+async def test_init_refusal_gives_its_status_and_reason() -> None:
+    recorder = Recorder(refuse=ConnectionRefused("no entry for you", status=401))
+    handle = await start_listener("127.0.0.1:0", recorder)
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(ws_url(handle))
+        assert info.value.response.status_code == 401
+        assert info.value.response.body == b"no entry for you\n"
+        assert recorder.terminated == []  # init failed: no terminate
+    finally:
+        await handle.stop()
+
+
+async def test_any_init_exception_refuses_with_403() -> None:
+    handle = await start_listener("127.0.0.1:0", Recorder(refuse=KeyError("nope")))
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(ws_url(handle))
+        assert info.value.response.status_code == 403
+    finally:
+        await handle.stop()
+
+
+async def test_crash_closes_only_that_connection(listener: Listener, recorder: Recorder) -> None:
+    async with websockets.connect(ws_url(listener)) as bystander:
+        async with websockets.connect(ws_url(listener)) as victim:
+            await victim.send("crash")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(victim.recv(), 5)
+            assert victim.close_code == 1011
+            assert victim.close_reason == "internal error"
+        await recorder.wait_terminated(1)
+        await bystander.send("still here")
+        assert await asyncio.wait_for(bystander.recv(), 5) == "still here"
+    await recorder.wait_terminated(2)
+    assert len(recorder.terminated) == 2
+
+
+async def test_crash_in_open_closes_with_1011() -> None:
+    recorder = Recorder(crash_in_open=True)
+    handle = await start_listener("127.0.0.1:0", recorder)
+    try:
+        async with websockets.connect(ws_url(handle)) as ws:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1011
+        await recorder.wait_terminated(1)
+    finally:
+        await handle.stop()
+
+
+async def test_close_code_carried_by_the_exception(listener: Listener) -> None:
+    async with websockets.connect(ws_url(listener)) as ws:
+        await ws.send("close:4321:you asked for it")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert (ws.close_code, ws.close_reason) == (4321, "you asked for it")
+
+
+async def test_writer_close(listener: Listener, recorder: Recorder) -> None:
+    async with websockets.connect(ws_url(listener)) as ws:
+        await ws.send("hello")
+        assert await asyncio.wait_for(ws.recv(), 5) == "hello"
+        await ws.send("bye")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert (ws.close_code, ws.close_reason) == (4000, "bye")
+    await recorder.wait_terminated(1)
+
+
+async def test_terminate_runs_once_when_the_client_closes(
+    listener: Listener, recorder: Recorder
+) -> None:
+    async with websockets.connect(ws_url(listener)) as ws:
+        await ws.send("a")
+        await asyncio.wait_for(ws.recv(), 5)
+    await recorder.wait_terminated(1)
+    assert [s.frames for s in recorder.terminated] == [["a"]]
+
+
+async def test_terminate_runs_when_the_client_vanishes(
+    listener: Listener, recorder: Recorder
+) -> None:
+    ws = await websockets.connect(ws_url(listener))
+    await ws.send("a")
+    await asyncio.wait_for(ws.recv(), 5)
+    ws.transport.abort()  # no close frame: a dropped TCP connection
+    await recorder.wait_terminated(1)
+
+
+async def test_open_can_send_first(recorder: Recorder) -> None:
+    greeter = Recorder(greet="welcome")
+    handle = await start_listener("127.0.0.1:0", greeter)
+    try:
+        async with websockets.connect(ws_url(handle)) as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == "welcome"
+    finally:
+        await handle.stop()
+
+
+async def test_oversized_frame_closes_with_1009() -> None:
+    recorder = Recorder()
+    handle = await start_listener(
+        "127.0.0.1:0", recorder, websocket=WebSocketConfig(max_frame_size=1000)
+    )
+    try:
+        async with websockets.connect(ws_url(handle)) as ws:
+            await ws.send("x" * 1001)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1009
+        await recorder.wait_terminated(1)
+    finally:
+        await handle.stop()
+
+
+@pytest.mark.parametrize("path", ["/", "/other", "/websocketx", "/socket.iox/"])
+async def test_anything_else_is_404(listener: Listener, path: str) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{listener.port}{path}") as response,
+    ):
+        assert response.status == 404
+
+
+async def test_plain_get_on_websocket_path_is_400(listener: Listener) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(ws_url(listener).replace("ws://", "http://")) as response,
+    ):
+        assert response.status == 400
+        assert "expected a WebSocket upgrade" in await response.text()
+
+
+async def test_stop_closes_clients_with_1001_and_terminates(
+    recorder: Recorder,
+) -> None:
+    handle = await start_listener("127.0.0.1:0", recorder)
+    ws = await websockets.connect(ws_url(handle))
+    await ws.send("a")
+    await asyncio.wait_for(ws.recv(), 5)
+    await handle.stop()
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert (ws.close_code, ws.close_reason) == (1001, "going away")
+    assert len(recorder.terminated) == 1
