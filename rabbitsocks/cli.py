@@ -18,9 +18,10 @@ from typing import Any
 
 from rabbitsocks import __version__
 from rabbitsocks.callback import options_mapping
-from rabbitsocks.config import ENVIRONMENT, Config, _mask, load_config
-from rabbitsocks.errors import ConfigError
-from rabbitsocks.logs import configure_logging
+from rabbitsocks.config import ENVIRONMENT, Config, load_config
+from rabbitsocks.errors import ConfigError, RabbitSocksError
+from rabbitsocks.logs import configure_logging, mask_url
+from rabbitsocks.publish_cli import add_publish_parser, publish_command
 
 __all__ = ["main"]
 
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         " listeners and brokers it would start. Exit status 2 when it is invalid.",
     )
     check.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    add_publish_parser(commands)
     return parser
 
 
@@ -85,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         print(describe(config))
+        return 0
+    if args.command == "publish":
+        try:
+            print(asyncio.run(publish_command(args, config)))
+        except RabbitSocksError as exc:
+            print(f"rabbitsocks: not published: {exc}", file=sys.stderr)
+            return 1
         return 0
     configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     try:
@@ -106,8 +115,13 @@ def describe(config: Config) -> str:
     lines.append("broker memory: in-process")
     for name, broker in config.brokers.items():
         if broker.type == "amqp":
-            lines.append(f"broker {name}: {_mask(broker.url)} exchange {broker.exchange}")
+            lines.append(f"broker {name}: {mask_url(broker.url)} exchange {broker.exchange}")
     lines.append(f"default broker: {config.effective_default_broker}")
+    if config.rpc.goridge is not None:
+        lines.append(f"rpc goridge: {config.rpc.goridge}")
+    if config.rpc.http is not None:
+        token = " (bearer token required)" if config.rpc.token else ""
+        lines.append(f"rpc http: {config.rpc.http}{token}")
     return "\n".join(lines)
 
 
@@ -147,6 +161,8 @@ async def serve(config: Config) -> None:
             ", ".join(http) if listener.socketio else "-",
             listener.config.callback,
         )
+    if server.rpc is not None:
+        logger.info("RPC on %s", ", ".join(server.rpc.urls))
     try:
         await stop.wait()
         logger.info("shutting down")

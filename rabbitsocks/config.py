@@ -29,6 +29,7 @@ import yaml
 
 from rabbitsocks.callback import import_callback, options_type
 from rabbitsocks.errors import CallbackLoadError, ConfigError
+from rabbitsocks.logs import mask_url
 
 __all__ = [
     "DEFAULT_AMQP_URL",
@@ -39,6 +40,7 @@ __all__ = [
     "LimitsConfig",
     "ListenerConfig",
     "LogConfig",
+    "RpcConfig",
     "SocketIOConfig",
     "TlsConfig",
     "WebSocketConfig",
@@ -57,6 +59,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "RABBITSOCKS_AMQP_EXCHANGE": "brokers.amqp.exchange",
     "RABBITSOCKS_DEFAULT_BROKER": "default_broker",
     "RABBITSOCKS_LISTEN": "listeners[0].interface (only when there is one listener)",
+    "RABBITSOCKS_RPC_TOKEN": "rpc.token",
     "RABBITSOCKS_LOG_LEVEL": "log.level",
     "RABBITSOCKS_LOG_FORMAT": "log.format",
 }
@@ -113,6 +116,17 @@ def parse_interface(raw: object) -> Interface:
     if not port_text.isdigit():
         raise _Invalid(f"expected {_INTERFACE_EXPECTED}, got {_show(raw)}")
     return Interface(host or None, _port(int(port_text)))
+
+
+def parse_private_interface(raw: object) -> Interface | None:
+    """Like ``parse_interface``, but a bare port binds 127.0.0.1, never every interface:
+    RPC and admin endpoints are for back ends and operators, not for the internet."""
+    if raw is None:
+        return None
+    interface = parse_interface(raw)
+    if interface.host is None:
+        return Interface("127.0.0.1", interface.port)
+    return interface
 
 
 def _port(port: int) -> int:
@@ -206,6 +220,26 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RpcConfig:
+    """RPC publishing endpoints (Publish, PublishAsync); each is off when unset."""
+
+    #: goridge TCP (RoadRunner's RPC protocol). A bare port binds 127.0.0.1.
+    goridge: Interface | None = field(default=None, metadata={"parse": parse_private_interface})
+    #: HTTP, ``POST /rpc/<method>``. A bare port binds 127.0.0.1.
+    http: Interface | None = field(default=None, metadata={"parse": parse_private_interface})
+    #: Bearer token required by the HTTP endpoint; ``RABBITSOCKS_RPC_TOKEN`` overrides it.
+    token: str | None = None
+    #: Largest request accepted, in bytes of protobuf.
+    max_request_size: int = 1024 * 1024
+    #: Seconds ``Publish`` waits for the broker's confirms of a whole request.
+    confirm_timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.goridge is not None or self.http is not None
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -221,6 +255,7 @@ class Config:
     #: The broker used when a command or listener names none: ``amqp`` when such a broker is
     #: configured, else ``memory``.
     default_broker: str | None = None
+    rpc: RpcConfig = field(default_factory=RpcConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: Seconds allowed for a graceful shutdown before remaining connections are dropped.
     shutdown_timeout: float = 10.0
@@ -415,7 +450,7 @@ def _check_brokers(config: Config) -> None:
             raise ConfigError(
                 config.source,
                 f"brokers.{name}.url",
-                f"expected an amqp:// or amqps:// URL, got {_show(_mask(broker.url))}",
+                f"expected an amqp:// or amqps:// URL, got {_show(mask_url(broker.url))}",
             )
     default = config.effective_default_broker
     if default not in config.broker_names:
@@ -426,25 +461,21 @@ def _check_brokers(config: Config) -> None:
             f" got {default!r}",
         )
     ports: dict[int, str] = {}
-    for listener in config.listeners:
-        port = listener.interface.port
+    endpoints = [(f"{li.key}.interface", li.interface) for li in config.listeners]
+    endpoints += [
+        (f"rpc.{name}", iface)
+        for name, iface in (("goridge", config.rpc.goridge), ("http", config.rpc.http))
+        if iface is not None
+    ]
+    for key, interface in endpoints:
+        port = interface.port
         if port and port in ports:
             raise ConfigError(
                 config.source,
-                f"{listener.key}.interface",
+                key,
                 f"port {port} is already used by {ports[port]} (expected a distinct port)",
             )
-        ports[port] = listener.key
-
-
-def _mask(url: str) -> str:
-    """The URL with its password replaced by ``***``, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, hostpart = rest.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{hostpart}"
+        ports[port] = key.removesuffix(".interface")
 
 
 def _load_callback(config: Config, listener: ListenerConfig) -> ListenerConfig:
@@ -481,7 +512,7 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
     url = env.get("RABBITSOCKS_AMQP_URL")
     if url:
         if not url.startswith(("amqp://", "amqps://")):
-            raise invalid("RABBITSOCKS_AMQP_URL", f"expected an amqp:// URL, got {_mask(url)!r}")
+            raise invalid("RABBITSOCKS_AMQP_URL", f"expected an amqp:// URL, got {mask_url(url)!r}")
         current = brokers.get("amqp", BrokerConfig())
         brokers["amqp"] = dataclasses.replace(current, url=url)
     exchange = env.get("RABBITSOCKS_AMQP_EXCHANGE")
@@ -491,6 +522,8 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
         brokers["amqp"] = dataclasses.replace(brokers["amqp"], exchange=exchange)
     config = dataclasses.replace(config, brokers=brokers)
 
+    if token := env.get("RABBITSOCKS_RPC_TOKEN"):
+        config = dataclasses.replace(config, rpc=dataclasses.replace(config.rpc, token=token))
     if default := env.get("RABBITSOCKS_DEFAULT_BROKER"):
         config = dataclasses.replace(config, default_broker=default)
     if listen := env.get("RABBITSOCKS_LISTEN"):

@@ -9,9 +9,20 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging", "mask_url"]
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: what logs and messages may show."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, _, hostpart = authority.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hostpart}{slash}{path}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -36,6 +36,9 @@ from rabbitsocks.errors import CallbackLoadError, ConfigError
 from rabbitsocks.services import Services
 from rabbitsocks.transports.socketio import SocketIOEndpoint
 from rabbitsocks.transports.websocket import WebSocketEndpoint
+
+if TYPE_CHECKING:
+    from rabbitsocks.rpc.endpoints import RpcEndpoints
 
 __all__ = ["Listener", "Server", "start_listener"]
 
@@ -239,12 +242,18 @@ class Server:
         self.config = config
         self.services = Services.from_config(config)
         self.listeners: list[Listener] = []
+        self.rpc: RpcEndpoints | None = None
 
     async def start(self) -> None:
         """Start the brokers, then every listener; raises ``ConfigError`` (after
         releasing what was started) if a listener cannot start."""
         await self.services.start()
         try:
+            if self.config.rpc.enabled:
+                from rabbitsocks.rpc.endpoints import RpcEndpoints
+
+                self.rpc = RpcEndpoints(self.config.rpc, self.services, source=self.config.source)
+                await self.rpc.start()
             for listener_config in self.config.listeners:
                 listener = await _make_listener(
                     listener_config, self.services, source=self.config.source
@@ -258,6 +267,8 @@ class Server:
     async def stop(self) -> None:
         timeout = self.config.shutdown_timeout
         await asyncio.gather(*(listener.stop(timeout) for listener in self.listeners))
+        if self.rpc is not None:
+            await self.rpc.stop(min(timeout, 5.0))
         await self.services.close()
 
 

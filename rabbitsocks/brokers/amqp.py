@@ -63,10 +63,10 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.abc
-from yarl import URL
 
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
 from rabbitsocks.errors import BrokerError, BrokerUnavailable, PublishFailed
+from rabbitsocks.logs import mask_url
 
 __all__ = ["AmqpBroker", "backoff_delay"]
 
@@ -102,12 +102,6 @@ def backoff_delay(attempt: int, low: float, high: float, rand: float | None = No
     ceiling = min(high, low * 2.0 ** min(attempt + 1, 32))
     fraction = random.random() if rand is None else rand
     return low + (max(ceiling, low) - low) * fraction
-
-
-def _masked(url: str) -> str:
-    """The URL with its password replaced, for logs."""
-    parsed = URL(url)
-    return str(parsed.with_password("******")) if parsed.password else url
 
 
 def _reason(exc: BaseException | None) -> str:
@@ -211,7 +205,7 @@ class AmqpBroker:
         #: Publishes with ``confirm=False`` that failed after ``publish`` returned.
         self.publish_failures = 0
         self._url = url
-        self._safe_url = _masked(url)
+        self._safe_url = mask_url(url)
         self._exchange = exchange
         self._prefetch = prefetch
         self._confirm_timeout = confirm_timeout
@@ -248,6 +242,11 @@ class AmqpBroker:
     def bindings(self) -> frozenset[str]:
         """The bound patterns: what RabbitMQ has, or will have again after a reconnect."""
         return frozenset(self._patterns)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked, for messages."""
+        return self._safe_url
 
     def __repr__(self) -> str:
         return f"<AmqpBroker {self.name!r} {self._safe_url} {self._state.value}>"

@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -88,11 +87,13 @@ async def serve(config: Path) -> Served:
 
 
 @pytest.fixture
-async def echo_config(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
+async def echo_config(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
     path = tmp_path / "echo.yaml"
-    path.write_text(f'listeners:\n  - interface: "127.0.0.1:{port}"\n    callback: callbacks.echo\n')
-    yield path, port
+    path.write_text(
+        f'listeners:\n  - interface: "127.0.0.1:{port}"\n    callback: callbacks.echo\n'
+    )
+    return path, port
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_0(
