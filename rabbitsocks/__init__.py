@@ -32,7 +32,7 @@ from rabbitsocks.errors import (
 )
 
 if TYPE_CHECKING:
-    from rabbitsocks.server import Listener, Server, start_listener
+    from rabbitsocks.server import Listener, Server, mount, start_listener
     from rabbitsocks.services import Services
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "UnknownBroker",
     "Writer",
     "__version__",
+    "mount",
     "start_listener",
 ]
 
@@ -62,7 +63,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The server pulls in aiohttp and python-socketio: loaded on first use, so that
     # importing a callback module or the errors stays cheap.
-    if name in ("Listener", "Server", "start_listener"):
+    if name in ("Listener", "Server", "mount", "start_listener"):
         from rabbitsocks import server
 
         return getattr(server, name)

@@ -40,7 +40,7 @@ from rabbitsocks.transports.websocket import WebSocketEndpoint
 if TYPE_CHECKING:
     from rabbitsocks.rpc.endpoints import RpcEndpoints
 
-__all__ = ["Listener", "Server", "start_listener"]
+__all__ = ["Listener", "Server", "mount", "start_listener"]
 
 logger = logging.getLogger("rabbitsocks.server")
 
@@ -56,6 +56,7 @@ class Listener:
         *,
         source: str = "<api>",
         owns_services: bool = False,
+        app: web.Application | None = None,
     ) -> None:
         self.config = config
         self.callback = callback
@@ -71,7 +72,8 @@ class Listener:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
-        self.app = web.Application()
+        # Our own application, or the one we are mounted in (see ``mount``).
+        self.app = web.Application() if app is None else app
         self.websocket = WebSocketEndpoint(self)
         self.websocket.add_routes(self.app)
         self.socketio: SocketIOEndpoint | None = None
@@ -288,6 +290,29 @@ async def _make_listener(
     return Listener(config, runner, services, source=source, owns_services=owns_services)
 
 
+async def mount(
+    app: web.Application,
+    callback: str | object = "callbacks.echo",
+    options: Mapping[str, Any] | object | None = None,
+    *,
+    services: Services | None = None,
+    **settings: Any,
+) -> Listener:
+    """Serve ``/websocket/`` and ``/socket.io/`` for ``callback`` inside your own aiohttp
+    application, before it starts. Its shutdown closes the connections with 1001.
+
+    The returned handle has no port of its own (your application's runner binds it).
+    Arguments are those of ``start_listener``.
+    """
+    listener = await _api_listener(0, callback, options, services, settings, app=app)
+
+    async def on_shutdown(_: web.Application) -> None:
+        await listener.stop()
+
+    app.on_shutdown.append(on_shutdown)
+    return listener
+
+
 async def start_listener(
     interface: int | str = 0,
     callback: str | object = "callbacks.echo",
@@ -303,6 +328,24 @@ async def start_listener(
     listeners; without it the listener gets its own memory broker, closed by ``stop``.
     ``settings`` are further ``ListenerConfig`` fields (``websocket=WebSocketConfig(...)``).
     """
+    listener = await _api_listener(interface, callback, options, services, settings)
+    try:
+        await listener.start()
+    except BaseException:
+        await listener.stop()
+        raise
+    return listener
+
+
+async def _api_listener(
+    interface: int | str,
+    callback: str | object,
+    options: Mapping[str, Any] | object | None,
+    services: Services | None,
+    settings: Mapping[str, Any],
+    *,
+    app: web.Application | None = None,
+) -> Listener:
     import dataclasses
 
     from rabbitsocks.callback import import_callback
@@ -326,10 +369,8 @@ async def start_listener(
     context = ListenerContext(name=config.name, options=parsed, services=services)
     try:
         runner = await resolve_callback(name, target, context)
-        listener = Listener(config, runner, services, owns_services=owns)
-        await listener.start()
     except BaseException:
         if owns:
             await services.close()
         raise
-    return listener
+    return Listener(config, runner, services, owns_services=owns, app=app)
