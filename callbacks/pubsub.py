@@ -11,11 +11,15 @@ This module is thin glue: ``rabbitsocks.pubsub.protocol`` parses and encodes, th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from rabbitsocks import ListenerContext, Writer
-from rabbitsocks.errors import InvalidTopic, ProtocolError, UnknownBroker
+from rabbitsocks import ConnectionInfo, ListenerContext, Writer, current_connection
+from rabbitsocks.auth import JoinAuthorizer, load_hook
+from rabbitsocks.config import HookConfig
+from rabbitsocks.connection import CLOSE_POLICY_VIOLATION
+from rabbitsocks.errors import CloseConnection, InvalidTopic, ProtocolError, UnknownBroker
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.pubsub.hub import Hub, JoinResult, Subscriber
 from rabbitsocks.pubsub.protocol import (
@@ -43,10 +47,21 @@ class Options:
     wildcards: bool = True
     #: Topics one connection may have joined at once; more are refused with ``#join``.
     max_topics: int = 100
+    #: Join authorization (RoadRunner's ``ws:joinTopics``): a callable or an HTTP endpoint.
+    join_auth: HookConfig | None = None
+    #: A token claim listing the topic patterns its bearer may join (needs ``auth.jwt``).
+    topics_claim: str | None = None
+    #: Commands per second per connection (a token bucket), and the burst above that rate.
+    rate: float = 20.0
+    burst: int = 40
+    #: Commands refused for the rate (less those accepted since) before closing with 1008.
+    max_rate_violations: int = 100
 
     def __post_init__(self) -> None:
         if self.max_topics < 1:
             raise ValueError("max_topics: expected a positive integer")
+        if self.rate <= 0 or self.burst < 1 or self.max_rate_violations < 1:
+            raise ValueError("rate, burst and max_rate_violations: expected positive numbers")
 
 
 class _PlainSubscriber:
@@ -62,15 +77,32 @@ class _PlainSubscriber:
 
 
 class Session:
-    """One connection's pub/sub state: its writer and the hubs it joined topics on."""
+    """One connection's pub/sub state: its writer, the hubs it joined topics on, and its
+    command rate (a token bucket)."""
 
-    __slots__ = ("hubs", "path", "subscriber", "writer")
+    __slots__ = ("hubs", "info", "path", "stamp", "subscriber", "tokens", "violations", "writer")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, burst: int) -> None:
         self.path = path
         self.writer: Writer | None = None
         self.subscriber: Subscriber | None = None
         self.hubs: dict[str, Hub] = {}
+        self.info: ConnectionInfo | None = None
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.violations = 0
+
+    def take_token(self, rate: float, burst: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            if self.violations:
+                self.violations -= 1
+            return True
+        self.violations += 1
+        return False
 
     def topic_count(self) -> int:
         assert self.subscriber is not None
@@ -80,9 +112,12 @@ class Session:
 class PubSub:
     """The pubsub callback of one listener."""
 
-    def __init__(self, options: Options, services: Services) -> None:
+    def __init__(
+        self, options: Options, services: Services, authorizer: JoinAuthorizer | None = None
+    ) -> None:
         self.options = options
         self.services = services
+        self.authorizer = authorizer
         default = options.broker
         if default is not None and default not in services.hubs:
             raise LookupError(
@@ -94,7 +129,12 @@ class PubSub:
         return None
 
     def init(self, path: str, options: Options) -> Session:
-        return Session(path)
+        session = Session(path, self.options.burst)
+        try:
+            session.info = current_connection()
+        except LookupError:  # driven by hand (a test double), not by a transport
+            session.info = None
+        return session
 
     def open(self, writer: Writer, session: Session) -> Session:
         session.writer = writer
@@ -106,6 +146,12 @@ class PubSub:
     async def handle_frame(self, frame: str | bytes, session: Session) -> Session:
         writer = session.writer
         assert writer is not None
+        options = self.options
+        if not session.take_token(options.rate, options.burst):
+            if session.violations > options.max_rate_violations:
+                raise CloseConnection(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+            writer.send(encode_error(f"rate limit exceeded (max {options.rate:g} commands/s)"))
+            return session
         try:
             command = parse_command(frame)
         except ProtocolError as exc:
@@ -143,6 +189,11 @@ class PubSub:
                 valid.append(validate_topic(topic, wildcards=self.options.wildcards))
             except InvalidTopic as exc:
                 result.refuse(topic, str(exc))
+        if valid and self.authorizer is not None:
+            valid, denied = await self.authorizer.split(valid, session.info)
+            for reason, topics in denied.items():
+                for topic in topics:
+                    result.refuse(topic, reason)
         assert session.subscriber is not None
         name = hub.broker.name
         if name not in session.hubs:
@@ -198,4 +249,16 @@ def setup(context: ListenerContext) -> PubSub:
     options = context.options
     if not isinstance(options, Options):  # started through the API with a mapping
         options = Options(**options)
-    return PubSub(options, context.services)
+    authorizer = None
+    if options.join_auth is not None or options.topics_claim is not None:
+        hook = None
+        if options.join_auth is not None:
+            hook = load_hook(
+                f"{context.name}: options.join_auth",
+                callable_spec=options.join_auth.callable,
+                url=options.join_auth.url,
+                timeout=options.join_auth.timeout,
+                session=context.services.http_session,
+            )
+        authorizer = JoinAuthorizer(options.topics_claim, hook)
+    return PubSub(options, context.services, authorizer)

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from rabbitsocks.auth import ConnectRequest, Deny
 from rabbitsocks.callback import Callback, ListenerContext, Writer
+from rabbitsocks.connection import ConnectionInfo, current_connection
 from rabbitsocks.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -42,7 +44,10 @@ __all__ = [
     "CallbackLoadError",
     "CloseConnection",
     "ConfigError",
+    "ConnectRequest",
+    "ConnectionInfo",
     "ConnectionRefused",
+    "Deny",
     "InvalidTopic",
     "Listener",
     "ListenerContext",
@@ -55,6 +60,7 @@ __all__ = [
     "UnknownBroker",
     "Writer",
     "__version__",
+    "current_connection",
     "mount",
     "start_listener",
 ]

@@ -30,13 +30,17 @@ import yaml
 from rabbitsocks.callback import import_callback, options_type
 from rabbitsocks.errors import CallbackLoadError, ConfigError
 from rabbitsocks.logs import mask_url
+from rabbitsocks.origins import validate_origin_entry
 
 __all__ = [
     "DEFAULT_AMQP_URL",
     "ENVIRONMENT",
+    "AuthConfig",
     "BrokerConfig",
     "Config",
+    "HookConfig",
     "Interface",
+    "JwtConfig",
     "LimitsConfig",
     "ListenerConfig",
     "LogConfig",
@@ -60,6 +64,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "RABBITSOCKS_DEFAULT_BROKER": "default_broker",
     "RABBITSOCKS_LISTEN": "listeners[0].interface (only when there is one listener)",
     "RABBITSOCKS_RPC_TOKEN": "rpc.token",
+    "RABBITSOCKS_JWT_SECRET": "listeners[].auth.jwt.secret (every listener with auth.jwt)",
     "RABBITSOCKS_LOG_LEVEL": "log.level",
     "RABBITSOCKS_LOG_FORMAT": "log.format",
 }
@@ -171,9 +176,75 @@ class SocketIOConfig:
     max_frame_size: int = 1024 * 1024
 
 
+def _parse_origins(raw: object) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise _Invalid(f'expected a list of origins (["*"] allows any), got {_show(raw)}')
+    try:
+        return tuple(
+            validate_origin_entry(entry)
+            if isinstance(entry, str)
+            else validate_origin_entry(repr(entry))
+            for entry in raw
+        )
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class HookConfig:
+    """An authorization decision delegated to a Python callable or an HTTP endpoint."""
+
+    #: ``"package.module:function"``, called with the request (and topics, for joins).
+    callable: str | None = None
+    #: An endpoint rabbitsocks POSTs the request to, as JSON; 200 allows.
+    url: str | None = None
+    #: Seconds to wait for the endpoint; no answer in time refuses (connect: 503).
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (self.callable is None) == (self.url is None):
+            raise ValueError("expected exactly one of callable and url")
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """JSON Web Tokens checked at connect time; their claims reach the callbacks."""
+
+    #: Shared secret for HS256/HS384/HS512; ``RABBITSOCKS_JWT_SECRET`` overrides it.
+    secret: str | None = None
+    #: PEM file with the RSA public key for RS256/RS384/RS512.
+    public_key: str | None = None
+    algorithms: tuple[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512"], ...] = (
+        "HS256",
+    )
+    #: Query parameter carrying the token (``Authorization: Bearer`` works too).
+    query_param: str = "token"
+    audience: str | None = None
+    issuer: str | None = None
+    #: Refuse connections without a token (401). When false, they connect without claims.
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Connect authorization: a token, a hook, or both (the token is checked first)."""
+
+    jwt: JwtConfig | None = None
+    connect: HookConfig | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Per-connection resource limits."""
+
+    #: Open connections on this listener; more are refused with HTTP 503.
+    max_connections: int = 20_000
+    #: Open connections from one remote address; more are refused with HTTP 503.
+    max_connections_per_address: int = 1_000
+    #: Seconds a client has to send its handshake request, and the server to authorize it.
+    handshake_timeout: float = 10.0
 
     #: Bytes queued for one peer before it is closed as a slow consumer (4008).
     max_outbound_bytes: int = 1024 * 1024
@@ -193,6 +264,9 @@ class ListenerConfig:
     #: Handed to the callback's ``init``: a mapping, or the callback's ``Options`` dataclass.
     options: Any = field(default_factory=dict)
     tls: TlsConfig | None = None
+    #: Browser origins allowed to connect: ``"*"``, exact origins, ``https://*.example.com``.
+    origins: tuple[str, ...] = field(default=("*",), metadata={"parse": _parse_origins})
+    auth: AuthConfig = field(default_factory=AuthConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     socketio: SocketIOConfig = field(default_factory=SocketIOConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -460,6 +534,23 @@ def _check_brokers(config: Config) -> None:
             f"expected one of the configured brokers ({', '.join(config.broker_names)}),"
             f" got {default!r}",
         )
+    for listener in config.listeners:
+        jwt = listener.auth.jwt
+        if jwt is None:
+            continue
+        key = f"{listener.key}.auth.jwt"
+        hs = any(a.startswith("HS") for a in jwt.algorithms)
+        rs = any(a.startswith("RS") for a in jwt.algorithms)
+        if hs and not jwt.secret:
+            raise ConfigError(
+                config.source,
+                f"{key}.secret",
+                "expected a secret for HS algorithms (or set RABBITSOCKS_JWT_SECRET)",
+            )
+        if rs and not jwt.public_key:
+            raise ConfigError(
+                config.source, f"{key}.public_key", "expected a PEM file for RS algorithms"
+            )
     ports: dict[int, str] = {}
     endpoints = [(f"{li.key}.interface", li.interface) for li in config.listeners]
     endpoints += [
@@ -524,6 +615,21 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
 
     if token := env.get("RABBITSOCKS_RPC_TOKEN"):
         config = dataclasses.replace(config, rpc=dataclasses.replace(config.rpc, token=token))
+    if secret := env.get("RABBITSOCKS_JWT_SECRET"):
+        config = dataclasses.replace(
+            config,
+            listeners=tuple(
+                dataclasses.replace(
+                    li,
+                    auth=dataclasses.replace(
+                        li.auth, jwt=dataclasses.replace(li.auth.jwt, secret=secret)
+                    ),
+                )
+                if li.auth.jwt is not None
+                else li
+                for li in config.listeners
+            ),
+        )
     if default := env.get("RABBITSOCKS_DEFAULT_BROKER"):
         config = dataclasses.replace(config, default_broker=default)
     if listen := env.get("RABBITSOCKS_LISTEN"):

@@ -14,27 +14,34 @@ bounded outbound buffer, and a peer whose buffer is full is closed as a slow con
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import itertools
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rabbitsocks.callback import CallbackRunner
 from rabbitsocks.errors import CloseConnection
 from rabbitsocks.frames import SharedFrame
 
+if TYPE_CHECKING:
+    from rabbitsocks.auth import ConnectRequest
+
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_NORMAL",
+    "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "Connection",
     "ConnectionInfo",
     "ConnectionState",
     "Transport",
+    "current_connection",
     "new_connection_id",
 ]
 
@@ -86,13 +93,38 @@ class Transport(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
-    """Who a connection is, for logs and for callbacks that want to know."""
+    """Who a connection is, for logs and for callbacks that want to know.
+
+    Callbacks get it from ``rabbitsocks.current_connection()`` while ``init``, ``open``,
+    ``handle_frame`` or ``terminate`` runs.
+    """
 
     id: str
     listener: str
     transport: str  # "websocket" or "socketio"
     path: str
     remote: str
+    #: The verified claims of the client's token, when the listener checks tokens.
+    claims: Mapping[str, Any] | None = None
+    #: The handshake request (headers, query), as authorization hooks saw it.
+    request: ConnectRequest | None = None
+
+
+_current: contextvars.ContextVar[ConnectionInfo] = contextvars.ContextVar("rabbitsocks_conn")
+
+
+def current_connection() -> ConnectionInfo:
+    """The connection whose callback is running (``LookupError`` outside a callback)."""
+    return _current.get()
+
+
+def enter_connection(info: ConnectionInfo) -> contextvars.Token[ConnectionInfo]:
+    """Make ``info`` the current connection of this task (for ``init``)."""
+    return _current.set(info)
+
+
+def reset_connection(token: contextvars.Token[ConnectionInfo]) -> None:
+    _current.reset(token)
 
 
 class Connection:
@@ -178,6 +210,7 @@ class Connection:
 
     async def run_open(self) -> None:
         """Call the callback's ``open``; an error closes this connection only."""
+        token = _current.set(self.info)
         try:
             self.state = await self.callback.open(self, self.state)
         except Exception as exc:
@@ -185,15 +218,20 @@ class Connection:
         else:
             if self.status is ConnectionState.OPENING:
                 self.status = ConnectionState.OPEN
+        finally:
+            _current.reset(token)
 
     async def handle(self, frame: str | bytes) -> None:
         """Call the callback's ``handle_frame``; an error closes this connection only."""
         if self.closing:
             return
+        token = _current.set(self.info)
         try:
             self.state = await self.callback.handle_frame(frame, self.state)
         except Exception as exc:
             self._fail("handle_frame", exc)
+        finally:
+            _current.reset(token)
 
     async def run_terminate(self, code: int | None = None) -> None:
         """Call the callback's ``terminate``, once, whatever happened before."""
@@ -201,12 +239,15 @@ class Connection:
             return
         self.peer_closed(code)
         self.status = ConnectionState.CLOSED
+        token = _current.set(self.info)
         try:
             await self.callback.terminate(self.state)
         except Exception:
             logger.exception(
                 "callback %s failed in terminate on %s", self.callback.name, self.info.id
             )
+        finally:
+            _current.reset(token)
         logger.info(
             "close %s remote=%s transport=%s path=/%s duration=%.3fs code=%s",
             self.info.id,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from rabbitsocks.auth import ConnectAuthorizer, JwtVerifier, load_hook
 from rabbitsocks.callback import CallbackRunner, ListenerContext, resolve_callback
 from rabbitsocks.config import (
     Config,
@@ -33,7 +34,9 @@ from rabbitsocks.config import (
 )
 from rabbitsocks.connection import CLOSE_GOING_AWAY, Connection
 from rabbitsocks.errors import CallbackLoadError, ConfigError
+from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
+from rabbitsocks.transports.gate import make_gate
 from rabbitsocks.transports.socketio import SocketIOEndpoint
 from rabbitsocks.transports.websocket import WebSocketEndpoint
 
@@ -67,6 +70,9 @@ class Listener:
         self._source = source
         self._owns_services = owns_services
         self._connections: set[Connection] = set()
+        self._per_address: dict[str, int] = {}
+        self.origins = OriginPolicy(config.origins)
+        self.authorizer = _connect_authorizer(config, services, source)
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -74,6 +80,7 @@ class Listener:
         self._sockets: list[socket.socket] = []
         # Our own application, or the one we are mounted in (see ``mount``).
         self.app = web.Application() if app is None else app
+        self.app.middlewares.append(make_gate(self))
         self.websocket = WebSocketEndpoint(self)
         self.websocket.add_routes(self.app)
         self.socketio: SocketIOEndpoint | None = None
@@ -85,16 +92,29 @@ class Listener:
 
     def track(self, conn: Connection) -> None:
         self._connections.add(conn)
+        remote = conn.info.remote
+        self._per_address[remote] = self._per_address.get(remote, 0) + 1
         self._idle.clear()
 
     def untrack(self, conn: Connection) -> None:
+        if conn not in self._connections:
+            return
         self._connections.discard(conn)
+        remote = conn.info.remote
+        left = self._per_address.get(remote, 1) - 1
+        if left > 0:
+            self._per_address[remote] = left
+        else:
+            self._per_address.pop(remote, None)
         if not self._connections:
             self._idle.set()
 
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    def connections_from(self, remote: str) -> int:
+        return self._per_address.get(remote, 0)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in a task that is kept referenced until it ends."""
@@ -141,7 +161,13 @@ class Listener:
                 message = f"cannot listen on {self.config.interface}: {exc.strerror or exc}"
             raise ConfigError(self._source, key, message) from None
         self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            # aiohttp starts this timer when a TCP connection is accepted and closes the
+            # connection if no complete request arrived by then: the handshake timeout.
+            keepalive_timeout=self.config.limits.handshake_timeout,
         )
         await self._runner.setup()
         for sock in self._sockets:
@@ -192,6 +218,47 @@ class Listener:
             sock.close()
         if self._owns_services:
             await self.services.close()
+
+
+def _connect_authorizer(
+    config: ListenerConfig, services: Services, source: str
+) -> ConnectAuthorizer | None:
+    auth = config.auth
+    key = f"{config.key}.auth"
+    jwt = None
+    if auth.jwt is not None:
+        settings = auth.jwt
+        public_key = None
+        if settings.public_key is not None:
+            try:
+                with open(settings.public_key, encoding="utf-8") as pem:
+                    public_key = pem.read()
+            except OSError as exc:
+                raise ConfigError(
+                    source, f"{key}.jwt.public_key", f"cannot read {settings.public_key!r}: {exc}"
+                ) from None
+        jwt = JwtVerifier(
+            secret=settings.secret,
+            public_key=public_key,
+            algorithms=settings.algorithms,
+            query_param=settings.query_param,
+            audience=settings.audience,
+            issuer=settings.issuer,
+            required=settings.required,
+        )
+    hook = None
+    if auth.connect is not None:
+        hook = load_hook(
+            f"{key}.connect",
+            callable_spec=auth.connect.callable,
+            url=auth.connect.url,
+            timeout=auth.connect.timeout,
+            session=services.http_session,
+            source=source,
+        )
+    if jwt is None and hook is None:
+        return None
+    return ConnectAuthorizer(jwt, hook)
 
 
 def _bind(interface: Interface) -> list[socket.socket]:

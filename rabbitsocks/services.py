@@ -7,8 +7,9 @@ them, never kept in module globals.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import aiohttp
 
 from rabbitsocks.brokers.base import Broker
 from rabbitsocks.brokers.memory import MemoryBroker
@@ -45,6 +46,7 @@ class Services:
     default_broker: str = "memory"
     hubs: dict[str, Hub] = field(default_factory=dict)
     _started: bool = False
+    _http: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Services:
@@ -69,9 +71,11 @@ class Services:
         except KeyError:
             raise UnknownBroker(f"unknown broker {key!r}") from None
 
-    @property
-    def broker_names(self) -> Mapping[str, Broker]:
-        return self.brokers
+    def http_session(self) -> aiohttp.ClientSession:
+        """A client session for authorization endpoints, created on first use."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     async def start(self) -> None:
         """Start every broker. A RabbitMQ that is down does not stop the start-up: its
@@ -84,6 +88,9 @@ class Services:
 
     async def close(self) -> None:
         """Unbind and disconnect every broker."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if not self._started:
             return
         self._started = False

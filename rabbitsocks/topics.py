@@ -47,6 +47,7 @@ __all__ = [
     "MAX_TOPIC_BYTES",
     "TopicTrie",
     "is_pattern",
+    "pattern_covers",
     "topic_matches",
     "validate_topic",
 ]
@@ -139,6 +140,38 @@ def topic_matches(pattern: str, routing_key: str) -> bool:
     while pi < np and p[pi] == "#":
         pi += 1
     return pi == np
+
+
+def pattern_covers(allowed: str, requested: str) -> bool:
+    """Whether every routing key matched by ``requested`` is matched by ``allowed``.
+
+    Used to authorise joins: a token allowing ``chat.#`` covers ``chat.room1`` and
+    ``chat.*``, but ``chat.*`` does not cover ``chat.#`` (which also matches
+    ``chat.a.b``). Both arguments are valid patterns (see ``validate_topic``).
+    """
+    have, want = _words(allowed), _words(requested)
+    memo: dict[tuple[int, int], bool] = {}
+
+    def covers(i: int, j: int) -> bool:
+        key = (i, j)
+        if key in memo:
+            return memo[key]
+        if i == len(have):
+            result = j == len(want)
+        elif have[i] == "#":
+            # "#" absorbs zero words, or one more word of ``requested`` (wildcards too).
+            result = covers(i + 1, j) or (j < len(want) and covers(i, j + 1))
+        elif j == len(want) or want[j] == "#":
+            result = False  # only a "#" can cover a "#" (or the end)
+        elif have[i] == "*" or have[i] == want[j]:
+            # "*" covers any one word, "*" included; a literal only covers itself.
+            result = covers(i + 1, j + 1)
+        else:
+            result = False
+        memo[key] = result
+        return result
+
+    return covers(0, 0)
 
 
 class _Node(Generic[T]):

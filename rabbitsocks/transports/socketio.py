@@ -28,9 +28,17 @@ import socketio.exceptions
 import socketio.packet
 from aiohttp import web
 
-from rabbitsocks.connection import CLOSE_GOING_AWAY, Connection, ConnectionInfo, new_connection_id
+from rabbitsocks.connection import (
+    CLOSE_GOING_AWAY,
+    Connection,
+    ConnectionInfo,
+    enter_connection,
+    new_connection_id,
+    reset_connection,
+)
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import SharedFrame
+from rabbitsocks.transports.gate import CLAIMS, connect_request
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
@@ -72,7 +80,9 @@ class SocketIOEndpoint:
             namespaces="*",
             async_handlers=False,
             always_connect=False,
-            cors_allowed_origins="*",
+            # The gate refuses bad origins with 403 at the handshake; this also answers
+            # CORS for the polling requests that follow.
+            cors_allowed_origins="*" if listener.origins.allows_any else listener.origins.allows,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             max_http_buffer_size=settings.max_frame_size,
@@ -97,6 +107,18 @@ class SocketIOEndpoint:
             raise socketio.exceptions.ConnectionRefusedError("server is shutting down")
         callback = listener.callback
         path = namespace.lstrip("/")
+        # The request that opened the Engine.IO session, which the gate admitted.
+        request: web.Request = environ["aiohttp.request"]
+        info = ConnectionInfo(
+            id=new_connection_id(),
+            listener=listener.name,
+            transport="socketio",
+            path=path,
+            remote=request.remote or "",
+            claims=request.get(CLAIMS),
+            request=connect_request(request, "socketio"),
+        )
+        token = enter_connection(info)
         try:
             state = await callback.init(path, listener.options)
         except ConnectionRefused as exc:
@@ -104,15 +126,8 @@ class SocketIOEndpoint:
         except Exception as exc:
             logger.info("callback %s refused namespace %s: %s", callback.name, namespace, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        request = environ.get("aiohttp.request")
-        remote = getattr(request, "remote", None) or environ.get("REMOTE_ADDR") or ""
-        info = ConnectionInfo(
-            id=new_connection_id(),
-            listener=listener.name,
-            transport="socketio",
-            path=path,
-            remote=remote,
-        )
+        finally:
+            reset_connection(token)
         eio_sid = self.server.manager.eio_sid_from_sid(sid, namespace)
         transport = SocketIOTransport(self, sid, eio_sid, namespace)
         conn = Connection(callback, transport, info, state)

@@ -21,9 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from rabbitsocks.connection import Connection, ConnectionInfo, new_connection_id
+from rabbitsocks.connection import (
+    Connection,
+    ConnectionInfo,
+    enter_connection,
+    new_connection_id,
+)
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_BINARY, OP_TEXT, SharedFrame, encode_close, encode_frame
+from rabbitsocks.transports.gate import CLAIMS, connect_request
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
@@ -85,6 +91,16 @@ class WebSocketEndpoint:
         if listener.closing:
             return web.Response(status=503, text="server is shutting down\n")
 
+        info = ConnectionInfo(
+            id=new_connection_id(),
+            listener=listener.name,
+            transport="websocket",
+            path=path,
+            remote=request.remote or "",
+            claims=request.get(CLAIMS),
+            request=connect_request(request, "websocket"),
+        )
+        enter_connection(info)  # this task is the connection's: it stays current
         try:
             state = await callback.init(path, listener.options)
         except ConnectionRefused as exc:
@@ -93,13 +109,6 @@ class WebSocketEndpoint:
             logger.info("callback %s refused /websocket/%s: %s", callback.name, path, exc)
             return web.Response(status=403, text=f"{exc}\n")
 
-        info = ConnectionInfo(
-            id=new_connection_id(),
-            listener=listener.name,
-            transport="websocket",
-            path=path,
-            remote=request.remote or "",
-        )
         transport = WebSocketTransport(ws, request, listener)
         conn = Connection(callback, transport, info, state)
         transport.connection = conn

@@ -33,9 +33,11 @@ async def test_mount_in_an_existing_app() -> None:
     disconnected = asyncio.Event()
     sio.on("disconnect", lambda *a: disconnected.set())
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/hello") as response:
-                assert await response.text() == "mine"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/hello") as response,
+        ):
+            assert await response.text() == "mine"
         ws = await websockets.connect(f"ws://127.0.0.1:{port}/websocket/room")
         await ws.send("path")
         assert await asyncio.wait_for(ws.recv(), 5) == "room"

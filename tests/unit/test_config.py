@@ -124,7 +124,7 @@ def test_several_listeners_each_with_its_callback() -> None:
         (
             {"listeners": [{"interface": 1, "options": {"colour": 1}}]},
             "x.yaml: listeners[0].options.colour: unknown key (expected one of: broker,"
-            " wildcards, max_topics)",
+            " wildcards, max_topics, join_auth, topics_claim, rate, burst, max_rate_violations)",
         ),
         (
             {"listeners": [{"interface": 1, "options": {"max_topics": 0}}]},

@@ -1,0 +1,111 @@
+"""The gate every handshake passes before a transport sees it: origin, limits, authorization.
+
+It is an aiohttp middleware on each listener's application, so bare WebSocket
+(``/websocket/...``) and Socket.IO (a new Engine.IO session on ``/socket.io/``) get the same
+checks, in this order, before any callback runs:
+
+1. ``Origin`` not on the listener's allow-list: 403.
+2. Too many connections on the listener or from the remote address: 503.
+3. Connect authorization (token, hook): the hook's answer, 401 for a bad token, 503 when
+   the authorization endpoint does not answer within the handshake timeout.
+
+Requests of an existing Engine.IO session (they carry ``sid``) belong to a connection that
+was already admitted and pass straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from rabbitsocks.auth import AuthDenied, ConnectRequest
+
+if TYPE_CHECKING:
+    from rabbitsocks.server import Listener
+
+__all__ = ["CLAIMS", "CONNECT_REQUEST", "connect_request", "handshake_transport", "make_gate"]
+
+logger = logging.getLogger("rabbitsocks.gate")
+
+#: Where the gate leaves its findings on the aiohttp request, for the transports.
+CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("rabbitsocks.claims")
+CONNECT_REQUEST: web.RequestKey[ConnectRequest] = web.RequestKey("rabbitsocks.connect")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def handshake_transport(request: web.Request) -> str | None:
+    """``"websocket"`` or ``"socketio"`` for a request that opens a connection, else None."""
+    path = request.path
+    if path == "/websocket" or path.startswith("/websocket/"):
+        return "websocket"
+    if path.startswith("/socket.io/") and request.method == "GET" and "sid" not in request.query:
+        return "socketio"
+    return None
+
+
+def connect_request(request: web.Request, transport: str) -> ConnectRequest:
+    """What authorization hooks and callbacks see of a handshake request."""
+    if CONNECT_REQUEST in request:
+        return request[CONNECT_REQUEST]
+    made = ConnectRequest(
+        path=request.path,
+        transport=transport,
+        headers=request.headers,
+        query=request.query,
+        remote=request.remote or "",
+        method=request.method,
+    )
+    request[CONNECT_REQUEST] = made
+    return made
+
+
+def _refuse(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=f"{reason}\n", headers=headers)
+
+
+def make_gate(listener: Listener) -> Middleware:
+    limits = listener.config.limits
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = handshake_transport(request)
+        if transport is None:
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if not listener.origins.allows(origin):
+            logger.info("refused %s from %s: origin %r", request.path, request.remote, origin)
+            return _refuse(403, f"origin {origin} is not allowed")
+        if listener.closing:
+            return _refuse(503, "server is shutting down")
+        if listener.connections >= limits.max_connections:
+            return _refuse(503, "too many connections", {"Retry-After": "5"})
+        remote = request.remote or ""
+        if listener.connections_from(remote) >= limits.max_connections_per_address:
+            return _refuse(503, "too many connections from your address", {"Retry-After": "5"})
+        authorizer = listener.authorizer
+        if authorizer is not None:
+            try:
+                async with asyncio.timeout(limits.handshake_timeout):
+                    claims = await authorizer.authorize(connect_request(request, transport))
+            except TimeoutError:
+                return _refuse(503, "authorization timed out")
+            except AuthDenied as denied:
+                logger.info(
+                    "refused %s from %s: %s %s",
+                    request.path,
+                    remote,
+                    denied.status,
+                    denied.reason,
+                )
+                return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
+            if claims is not None:
+                request[CLAIMS] = claims
+        return await handler(request)
+
+    return gate

@@ -1,0 +1,22 @@
+"""Connect and join hooks named by import string in tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rabbitsocks import ConnectionInfo, ConnectRequest, Deny
+
+
+def allow_if_vip(request: ConnectRequest) -> bool | Deny:
+    """Allows ``?vip=yes``; refuses ``?vip=no`` with a custom 402; others with 403."""
+    vip = request.query.get("vip")
+    if vip == "yes":
+        return True
+    if vip == "no":
+        return Deny(402, "pay first", {"X-Reason": "vip-only"})
+    return False
+
+
+async def only_public_topics(topics: list[str], connection: ConnectionInfo | None) -> Iterable[str]:
+    assert connection is not None
+    return [t for t in topics if t.startswith("public.")]
