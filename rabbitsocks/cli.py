@@ -18,7 +18,7 @@ from typing import Any
 
 from rabbitsocks import __version__
 from rabbitsocks.callback import options_mapping
-from rabbitsocks.config import ENVIRONMENT, Config, load_config
+from rabbitsocks.config import ENVIRONMENT, Config, default_config_path, load_config
 from rabbitsocks.errors import ConfigError, RabbitSocksError
 from rabbitsocks.logs import configure_logging, mask_url
 from rabbitsocks.publish_cli import add_publish_parser, publish_command
@@ -141,6 +141,20 @@ def _run(main: Any, loop: str) -> None:
         runner.run(main)
 
 
+def hint(config: Config, server: Any) -> str | None:
+    """One suggestion to try the running server, for the first minute of a new user."""
+    listener = server.listeners[0] if server.listeners else None
+    if listener is None:
+        return None
+    source = "" if config.source == str(default_config_path()) else f" -c {config.source}"
+    if listener.config.callback == "callbacks.pubsub" and config.rpc.http is not None:
+        return (
+            f"try it: join topic 'demo' from a client of {listener.urls[0]}, then run"
+            f" `rabbitsocks publish{source} -t demo hello`"
+        )
+    return f"try it: python -m websockets {listener.urls[0]}"
+
+
 async def serve(config: Config) -> None:
     """Run ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
     from rabbitsocks.server import Server
@@ -163,6 +177,10 @@ async def serve(config: Config) -> None:
         )
     if server.rpc is not None:
         logger.info("RPC on %s", ", ".join(server.rpc.urls))
+    if server.admin_url is not None:
+        logger.info("admin on %s (/metrics, /health, /ready)", server.admin_url)
+    if (suggestion := hint(config, server)) is not None:
+        logger.info(suggestion)
     try:
         await stop.wait()
         logger.info("shutting down")

@@ -64,6 +64,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "RABBITSOCKS_DEFAULT_BROKER": "default_broker",
     "RABBITSOCKS_LISTEN": "listeners[0].interface (only when there is one listener)",
     "RABBITSOCKS_RPC_TOKEN": "rpc.token",
+    "RABBITSOCKS_ADMIN": "admin (the metrics and health endpoint's interface)",
     "RABBITSOCKS_JWT_SECRET": "listeners[].auth.jwt.secret (every listener with auth.jwt)",
     "RABBITSOCKS_LOG_LEVEL": "log.level",
     "RABBITSOCKS_LOG_FORMAT": "log.format",
@@ -330,6 +331,9 @@ class Config:
     #: configured, else ``memory``.
     default_broker: str | None = None
     rpc: RpcConfig = field(default_factory=RpcConfig)
+    #: Admin endpoint (``/metrics``, ``/health``, ``/ready``); off when unset. A bare port
+    #: binds 127.0.0.1.
+    admin: Interface | None = field(default=None, metadata={"parse": parse_private_interface})
     log: LogConfig = field(default_factory=LogConfig)
     #: Seconds allowed for a graceful shutdown before remaining connections are dropped.
     shutdown_timeout: float = 10.0
@@ -554,8 +558,12 @@ def _check_brokers(config: Config) -> None:
     ports: dict[int, str] = {}
     endpoints = [(f"{li.key}.interface", li.interface) for li in config.listeners]
     endpoints += [
-        (f"rpc.{name}", iface)
-        for name, iface in (("goridge", config.rpc.goridge), ("http", config.rpc.http))
+        (key, iface)
+        for key, iface in (
+            ("rpc.goridge", config.rpc.goridge),
+            ("rpc.http", config.rpc.http),
+            ("admin", config.admin),
+        )
         if iface is not None
     ]
     for key, interface in endpoints:
@@ -613,6 +621,12 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
         brokers["amqp"] = dataclasses.replace(brokers["amqp"], exchange=exchange)
     config = dataclasses.replace(config, brokers=brokers)
 
+    if admin := env.get("RABBITSOCKS_ADMIN"):
+        try:
+            where = parse_private_interface(int(admin) if admin.isdigit() else admin)
+        except _Invalid as exc:
+            raise invalid("RABBITSOCKS_ADMIN", str(exc)) from None
+        config = dataclasses.replace(config, admin=where)
     if token := env.get("RABBITSOCKS_RPC_TOKEN"):
         config = dataclasses.replace(config, rpc=dataclasses.replace(config.rpc, token=token))
     if secret := env.get("RABBITSOCKS_JWT_SECRET"):

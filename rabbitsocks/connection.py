@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rabbitsocks.callback import CallbackRunner
 from rabbitsocks.errors import CloseConnection
 from rabbitsocks.frames import SharedFrame
+from rabbitsocks.stats import ListenerStats
 
 if TYPE_CHECKING:
     from rabbitsocks.auth import ConnectRequest
@@ -136,17 +137,25 @@ class Connection:
         "callback",
         "info",
         "state",
+        "stats",
         "status",
         "transport",
     )
 
     def __init__(
-        self, callback: CallbackRunner, transport: Transport, info: ConnectionInfo, state: Any
+        self,
+        callback: CallbackRunner,
+        transport: Transport,
+        info: ConnectionInfo,
+        state: Any,
+        stats: ListenerStats | None = None,
     ) -> None:
         self.callback = callback
         self.transport = transport
         self.info = info
         self.state = state
+        self.stats = stats if stats is not None else ListenerStats()
+        self.stats.opened[info.transport] += 1
         self.status = ConnectionState.OPENING
         self._closing_code: int | None = None
         self._started = time.monotonic()
@@ -174,6 +183,9 @@ class Connection:
             return
         if not isinstance(frame, str | bytes | bytearray | memoryview):
             raise TypeError(f"send() takes str or bytes, not {type(frame).__name__}")
+        stats = self.stats
+        stats.frames_sent += 1
+        stats.bytes_sent += len(frame)
         if not self.transport.write(frame if isinstance(frame, str | bytes) else bytes(frame)):
             self._slow_consumer()
 
@@ -195,6 +207,7 @@ class Connection:
         if self.closing:
             return
         logger.warning("closing %s: slow consumer (outbound buffer full)", self.info.id)
+        self.stats.slow_consumers += 1
         self.status = ConnectionState.CLOSING
         self._closing_code = CLOSE_SLOW_CONSUMER
         self.transport.abort(CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -225,6 +238,7 @@ class Connection:
         """Call the callback's ``handle_frame``; an error closes this connection only."""
         if self.closing:
             return
+        self.stats.frames_in += 1
         token = _current.set(self.info)
         try:
             self.state = await self.callback.handle_frame(frame, self.state)
@@ -239,6 +253,7 @@ class Connection:
             return
         self.peer_closed(code)
         self.status = ConnectionState.CLOSED
+        self.stats.closed[self.info.transport] += 1
         token = _current.set(self.info)
         try:
             await self.callback.terminate(self.state)
@@ -263,6 +278,7 @@ class Connection:
             self.close(exc.code, exc.reason)
             return
         # Logged once, with the traceback; the peer learns only that it was our fault.
+        self.stats.errors["callback"] += 1
         logger.error(
             "callback %s failed in %s on %s: %s: %s",
             self.callback.name,

@@ -36,11 +36,13 @@ from rabbitsocks.connection import CLOSE_GOING_AWAY, Connection
 from rabbitsocks.errors import CallbackLoadError, ConfigError
 from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
+from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports.gate import make_gate
 from rabbitsocks.transports.socketio import SocketIOEndpoint
 from rabbitsocks.transports.websocket import WebSocketEndpoint
 
 if TYPE_CHECKING:
+    from rabbitsocks.admin import AdminEndpoint
     from rabbitsocks.rpc.endpoints import RpcEndpoints
 
 __all__ = ["Listener", "Server", "mount", "start_listener"]
@@ -71,6 +73,7 @@ class Listener:
         self._owns_services = owns_services
         self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
+        self.stats = ListenerStats()
         self.origins = OriginPolicy(config.origins)
         self.authorizer = _connect_authorizer(config, services, source)
         self._idle = asyncio.Event()
@@ -312,16 +315,23 @@ class Server:
         self.services = Services.from_config(config)
         self.listeners: list[Listener] = []
         self.rpc: RpcEndpoints | None = None
+        self.admin: AdminEndpoint | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.stopping = False
 
     async def start(self) -> None:
         """Start the brokers, then every listener; raises ``ConfigError`` (after
         releasing what was started) if a listener cannot start."""
         await self.services.start()
         try:
+            if self.config.admin is not None:
+                await self._start_admin(self.config.admin)
             if self.config.rpc.enabled:
                 from rabbitsocks.rpc.endpoints import RpcEndpoints
 
                 self.rpc = RpcEndpoints(self.config.rpc, self.services, source=self.config.source)
+                if self.admin is not None:
+                    self.rpc.service.observe_publish = self.admin.publish_latency.observe
                 await self.rpc.start()
             for listener_config in self.config.listeners:
                 listener = await _make_listener(
@@ -333,12 +343,55 @@ class Server:
             await self.stop()
             raise
 
+    async def _start_admin(self, where: Interface) -> None:
+        from rabbitsocks.admin import AdminEndpoint
+
+        self.admin = AdminEndpoint(self)
+        runner = web.AppRunner(self.admin.app(), handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, where.host or "127.0.0.1", where.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = (
+                f"port {where.port} is already in use (expected a free port)"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot listen on {where}: {exc.strerror or exc}"
+            )
+            raise ConfigError(self.config.source, "admin", reason) from None
+        self._admin_runner = runner
+
+    @property
+    def admin_url(self) -> str | None:
+        if self._admin_runner is None:
+            return None
+        host, port = self._admin_runner.addresses[0][:2]
+        return f"http://{host}:{port}/"
+
+    def unready(self) -> list[str]:
+        """Why the server should not get traffic now (empty: ready)."""
+        problems = []
+        if self.stopping:
+            problems.append("shutting down")
+        started = {listener.name for listener in self.listeners if not listener.closing}
+        for config in self.config.listeners:
+            if config.name not in started:
+                problems.append(f"listener {config.name} is not accepting connections")
+        for name, hub in self.services.hubs.items():
+            if not hub.connected:
+                problems.append(f"broker {name} is not connected")
+        return problems
+
     async def stop(self) -> None:
+        self.stopping = True
         timeout = self.config.shutdown_timeout
         await asyncio.gather(*(listener.stop(timeout) for listener in self.listeners))
         if self.rpc is not None:
             await self.rpc.stop(min(timeout, 5.0))
         await self.services.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
 
 
 async def _make_listener(

@@ -471,7 +471,8 @@ class AmqpBroker:
             self._outage_since = time.monotonic()
             expected = isinstance(exc, (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError))
             log.warning(
-                "broker %r: cannot connect to %s (%s); retrying in the background",
+                "broker %r: cannot connect to %s (%s); retrying in the background. Is RabbitMQ"
+                " running there? Start it, or point RABBITSOCKS_AMQP_URL at one.",
                 self.name,
                 self._safe_url,
                 _reason(exc),

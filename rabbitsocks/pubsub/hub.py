@@ -77,9 +77,13 @@ class Hub:
         self._patterns: TopicTrie[Subscriber] = TopicTrie()
         self._joined: dict[Subscriber, set[str]] = {}
         self._bindings: dict[str, _Binding] = {}
-        #: Messages received from the broker, and frames handed to connections.
+        #: Messages received from the broker, frames handed to connections and their bytes
+        #: (as WebSocket frames), topics joined and left.
         self.messages_in = 0
         self.deliveries_out = 0
+        self.delivery_bytes = 0
+        self.joins = 0
+        self.leaves = 0
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -90,10 +94,8 @@ class Hub:
         await self.broker.close()
 
     def _on_state(self, connected: bool) -> None:
-        if connected:
-            logger.info("broker %s connected", self.broker.name)
-        else:
-            logger.warning("broker %s disconnected", self.broker.name)
+        # The broker itself logs each outage and recovery once, with its reason.
+        logger.debug("broker %s %s", self.broker.name, "up" if connected else "down")
 
     @property
     def connected(self) -> bool:
@@ -124,7 +126,12 @@ class Hub:
         return len(self._joined)
 
     async def join(self, sub: Subscriber, topics: Iterable[str]) -> JoinResult:
-        """Join valid ``topics``; returns once every binding is in effect on the broker."""
+        """Join valid ``topics``; returns once every binding is in effect on the broker.
+
+        Deliveries to ``sub`` start only when every topic is done, all at once and just
+        before returning: a message of a topic must not reach the connection ahead of the
+        ``@join`` that lists it (each bind suspends, and the answer is sent after the last).
+        """
         result = JoinResult()
         for topic in topics:
             joined = self._joined.get(sub)
@@ -134,6 +141,12 @@ class Hub:
                 result.done.append(topic)
             else:
                 await self._join_one(sub, topic, result)
+        if self._joined.get(sub) is not None:  # else unregister() undid the joins
+            for topic in result.done:
+                if is_pattern(topic):
+                    self._patterns.add(topic, sub)
+                else:
+                    self._exact.setdefault(topic, set()).add(sub)
         return result
 
     @contextlib.asynccontextmanager
@@ -171,11 +184,8 @@ class Hub:
                     result.refuse(topic, "connection closed")
                     return
             binding.count += 1
-            joined.add(topic)
-            if is_pattern(topic):
-                self._patterns.add(topic, sub)
-            else:
-                self._exact.setdefault(topic, set()).add(sub)
+            self.joins += 1
+            joined.add(topic)  # delivered to once join() is done with every topic
             result.done.append(topic)
 
     async def leave(self, sub: Subscriber, topics: Iterable[str]) -> JoinResult:
@@ -212,6 +222,7 @@ class Hub:
                 binding.count -= 1
                 if binding.count == 0:
                     await self._unbind_quietly(topic)
+            self.leaves += 1
             result.done.append(topic)
 
     async def _unbind_quietly(self, topic: str) -> None:
@@ -242,3 +253,4 @@ class Hub:
             except Exception:  # one broken connection must not starve the others
                 logger.exception("delivery of %r failed on one connection", routing_key)
         self.deliveries_out += sent
+        self.delivery_bytes += sent * len(frame.websocket())

@@ -80,13 +80,16 @@ def make_gate(listener: Listener) -> Middleware:
         origin = request.headers.get("Origin")
         if not listener.origins.allows(origin):
             logger.info("refused %s from %s: origin %r", request.path, request.remote, origin)
+            listener.stats.errors["refused_origin"] += 1
             return _refuse(403, f"origin {origin} is not allowed")
         if listener.closing:
             return _refuse(503, "server is shutting down")
         if listener.connections >= limits.max_connections:
+            listener.stats.errors["refused_limit"] += 1
             return _refuse(503, "too many connections", {"Retry-After": "5"})
         remote = request.remote or ""
         if listener.connections_from(remote) >= limits.max_connections_per_address:
+            listener.stats.errors["refused_limit"] += 1
             return _refuse(503, "too many connections from your address", {"Retry-After": "5"})
         authorizer = listener.authorizer
         if authorizer is not None:
@@ -94,8 +97,10 @@ def make_gate(listener: Listener) -> Middleware:
                 async with asyncio.timeout(limits.handshake_timeout):
                     claims = await authorizer.authorize(connect_request(request, transport))
             except TimeoutError:
+                listener.stats.errors["refused_auth"] += 1
                 return _refuse(503, "authorization timed out")
             except AuthDenied as denied:
+                listener.stats.errors["refused_auth"] += 1
                 logger.info(
                     "refused %s from %s: %s %s",
                     request.path,

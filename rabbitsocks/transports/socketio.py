@@ -130,7 +130,7 @@ class SocketIOEndpoint:
             reset_connection(token)
         eio_sid = self.server.manager.eio_sid_from_sid(sid, namespace)
         transport = SocketIOTransport(self, sid, eio_sid, namespace)
-        conn = Connection(callback, transport, info, state)
+        conn = Connection(callback, transport, info, state, listener.stats)
         listener.track(conn)
         self._sessions[sid] = _Session(conn, eio_sid)
 

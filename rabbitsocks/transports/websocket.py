@@ -110,7 +110,7 @@ class WebSocketEndpoint:
             return web.Response(status=403, text=f"{exc}\n")
 
         transport = WebSocketTransport(ws, request, listener)
-        conn = Connection(callback, transport, info, state)
+        conn = Connection(callback, transport, info, state, listener.stats)
         transport.connection = conn
         listener.track(conn)
         try:

@@ -71,7 +71,7 @@ def test_several_listeners_each_with_its_callback() -> None:
         (
             {"listeners": [{"interface": 8080}], "colour": "red"},
             "x.yaml: colour: unknown key (expected one of: listeners, brokers, default_broker,"
-            " rpc, log, shutdown_timeout)",
+            " rpc, admin, log, shutdown_timeout)",
         ),
         (
             {"listeners": [{"interface": "nowhere"}]},

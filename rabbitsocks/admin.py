@@ -1,0 +1,185 @@
+"""The admin endpoint: Prometheus metrics, liveness and readiness, for operators.
+
+``GET /metrics``  Prometheus text format, from a registry of our own (so that several
+                  servers in one process, as in tests, do not collide).
+``GET /health``   200 while the process is serving: for liveness probes.
+``GET /ready``    200 when every listener accepts connections and every broker is
+                  connected, else 503 with the reasons: for load balancers and readiness.
+
+Metrics are read from the plain counters the server keeps (``stats``, the hubs, the RPC
+service) when they are scraped; nothing on the hot path touches prometheus-client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rabbitsocks.logs import mask_url
+
+if TYPE_CHECKING:
+    from rabbitsocks.server import Server
+
+__all__ = ["AdminEndpoint", "ServerCollector"]
+
+
+class ServerCollector(Collector):
+    """Turns the server's counters into metric families at scrape time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        connections = GaugeMetricFamily(
+            "rabbitsocks_connections", "Open connections.", labels=["listener", "transport"]
+        )
+        opened = CounterMetricFamily(
+            "rabbitsocks_connections_opened",
+            "Connections opened.",
+            labels=["listener", "transport"],
+        )
+        slow = CounterMetricFamily(
+            "rabbitsocks_slow_consumer_disconnects",
+            "Connections closed because they did not read fast enough (4008).",
+            labels=["listener"],
+        )
+        frames_in = CounterMetricFamily(
+            "rabbitsocks_frames_in", "Frames received from clients.", labels=["listener"]
+        )
+        frames_sent = CounterMetricFamily(
+            "rabbitsocks_frames_sent",
+            "Frames sent by callbacks (answers; fan-out is rabbitsocks_deliveries).",
+            labels=["listener"],
+        )
+        bytes_sent = CounterMetricFamily(
+            "rabbitsocks_frame_bytes_sent",
+            "Bytes of frames sent by callbacks.",
+            labels=["listener"],
+        )
+        errors = CounterMetricFamily(
+            "rabbitsocks_errors",
+            "Errors by kind: callback exceptions, refused handshakes (origin, limit, auth).",
+            labels=["listener", "kind"],
+        )
+        for listener in server.listeners:
+            stats = listener.stats
+            name = listener.name
+            for transport in ("websocket", "socketio"):
+                connections.add_metric(
+                    [name, transport], stats.opened[transport] - stats.closed[transport]
+                )
+                opened.add_metric([name, transport], stats.opened[transport])
+            slow.add_metric([name], stats.slow_consumers)
+            frames_in.add_metric([name], stats.frames_in)
+            frames_sent.add_metric([name], stats.frames_sent)
+            bytes_sent.add_metric([name], stats.bytes_sent)
+            for kind, count in sorted(stats.errors.items()):
+                errors.add_metric([name, kind], count)
+        yield from (connections, opened, slow, frames_in, frames_sent, bytes_sent, errors)
+        yield from self._brokers()
+        yield from self._rpc()
+
+    def _brokers(self) -> Iterator[Metric]:
+        services = self.server.services
+        up = GaugeMetricFamily(
+            "rabbitsocks_broker_connected", "1 when the broker is connected.", labels=["broker"]
+        )
+        topics = GaugeMetricFamily(
+            "rabbitsocks_live_topics",
+            "Distinct topics and patterns joined by local connections.",
+            labels=["broker"],
+        )
+        bindings = GaugeMetricFamily(
+            "rabbitsocks_broker_bindings",
+            "Bindings of this process's queue on the broker.",
+            labels=["broker"],
+        )
+        messages = CounterMetricFamily(
+            "rabbitsocks_messages_in", "Messages received from the broker.", labels=["broker"]
+        )
+        deliveries = CounterMetricFamily(
+            "rabbitsocks_deliveries", "Frames fanned out to connections.", labels=["broker"]
+        )
+        delivery_bytes = CounterMetricFamily(
+            "rabbitsocks_delivery_bytes", "Bytes fanned out to connections.", labels=["broker"]
+        )
+        joins = CounterMetricFamily("rabbitsocks_joins", "Topics joined.", labels=["broker"])
+        leaves = CounterMetricFamily("rabbitsocks_leaves", "Topics left.", labels=["broker"])
+        for name, hub in services.hubs.items():
+            up.add_metric([name], 1 if hub.connected else 0)
+            topics.add_metric([name], hub.live_topics)
+            bound: Any = getattr(hub.broker, "bindings", None)
+            bindings.add_metric([name], len(bound) if bound is not None else hub.live_topics)
+            messages.add_metric([name], hub.messages_in)
+            deliveries.add_metric([name], hub.deliveries_out)
+            delivery_bytes.add_metric([name], hub.delivery_bytes)
+            joins.add_metric([name], hub.joins)
+            leaves.add_metric([name], hub.leaves)
+        yield from (up, topics, bindings, messages, deliveries, delivery_bytes, joins, leaves)
+
+    def _rpc(self) -> Iterator[Metric]:
+        rpc = self.server.rpc
+        calls = CounterMetricFamily(
+            "rabbitsocks_rpc_calls", "RPC calls by method and result.", labels=["method", "result"]
+        )
+        async_failed = CounterMetricFamily(
+            "rabbitsocks_rpc_async_failures", "PublishAsync messages that failed after ok=true."
+        )
+        if rpc is not None:
+            for (method, result), count in sorted(rpc.service.calls.items()):
+                calls.add_metric([method, result], count)
+            async_failed.add_metric([], rpc.service.stats.failed)
+        yield from (calls, async_failed)
+
+
+class AdminEndpoint:
+    """``/metrics``, ``/health`` and ``/ready`` on their own (loopback) port."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.registry = CollectorRegistry()
+        self.registry.register(ServerCollector(server))
+        self.publish_latency = Histogram(
+            "rabbitsocks_rpc_publish_seconds",
+            "Time to answer an RPC Publish, the broker's confirms included.",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.started = time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        return app
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime": round(time.time() - self.started, 1)})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        problems = self.server.unready()
+        brokers = {
+            name: {
+                "connected": hub.connected,
+                **(
+                    {"url": mask_url(str(getattr(hub.broker, "safe_url", "")))}
+                    if getattr(hub.broker, "safe_url", None)
+                    else {}
+                ),
+            }
+            for name, hub in self.server.services.hubs.items()
+        }
+        body = {"ready": not problems, "problems": problems, "brokers": brokers}
+        return web.json_response(body, status=200 if not problems else 503)
