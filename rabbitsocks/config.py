@@ -193,6 +193,10 @@ def _parse_origins(raw: object) -> tuple[str, ...]:
         raise _Invalid(str(exc)) from None
 
 
+def _parse_origins_or_none(raw: object) -> tuple[str, ...]:
+    return () if raw in (None, []) else _parse_origins(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class HookConfig:
     """An authorization decision delegated to a Python callable or an HTTP endpoint."""
@@ -271,6 +275,8 @@ class ListenerConfig:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     socketio: SocketIOConfig = field(default_factory=SocketIOConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: Serve the demo page on ``GET /`` (built by ``scripts/build-demo``).
+    demo: bool = False
     #: The key path of this listener in its file (``listeners[0]``), for error messages.
     key: str = field(default="listeners[0]", metadata={"yaml": False})
 
@@ -308,6 +314,9 @@ class RpcConfig:
     max_request_size: int = 1024 * 1024
     #: Seconds ``Publish`` waits for the broker's confirms of a whole request.
     confirm_timeout: float = 10.0
+    #: Browser origins allowed to call the HTTP endpoint (CORS), besides the pages of
+    #: listeners with ``demo: true``. Back ends send no ``Origin`` and are not affected.
+    cors_origins: tuple[str, ...] = field(default=(), metadata={"parse": _parse_origins_or_none})
 
     @property
     def enabled(self) -> bool:

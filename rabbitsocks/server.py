@@ -316,6 +316,8 @@ class Server:
         self.listeners: list[Listener] = []
         self.rpc: RpcEndpoints | None = None
         self.admin: AdminEndpoint | None = None
+        cors = config.rpc.cors_origins
+        self._rpc_cors = OriginPolicy(cors) if cors else None
         self._admin_runner: web.AppRunner | None = None
         self.stopping = False
 
@@ -329,7 +331,12 @@ class Server:
             if self.config.rpc.enabled:
                 from rabbitsocks.rpc.endpoints import RpcEndpoints
 
-                self.rpc = RpcEndpoints(self.config.rpc, self.services, source=self.config.source)
+                self.rpc = RpcEndpoints(
+                    self.config.rpc,
+                    self.services,
+                    source=self.config.source,
+                    cors=self._cors_allows,
+                )
                 if self.admin is not None:
                     self.rpc.service.observe_publish = self.admin.publish_latency.observe
                 await self.rpc.start()
@@ -337,6 +344,10 @@ class Server:
                 listener = await _make_listener(
                     listener_config, self.services, source=self.config.source
                 )
+                if listener_config.demo:
+                    from rabbitsocks.demo import add_demo_routes
+
+                    add_demo_routes(listener.app, rpc_url=self._demo_rpc_url())
                 self.listeners.append(listener)
                 await listener.start()
         except BaseException:
@@ -360,6 +371,33 @@ class Server:
             )
             raise ConfigError(self.config.source, "admin", reason) from None
         self._admin_runner = runner
+
+    def _demo_rpc_url(self) -> str | None:
+        """Where the demo page publishes: the HTTP RPC endpoint, when there is one."""
+        http = self.config.rpc.http
+        if self.rpc is None or http is None or self.rpc.http_port is None:
+            return None
+        host = http.host or "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.rpc.http_port}/rpc"
+
+    def _cors_allows(self, origin: str) -> bool:
+        """Browser origins the HTTP RPC endpoint answers: configured ones, and the pages of
+        demo listeners (asked per request, so ports bound after the RPC start count)."""
+        from rabbitsocks.demo import demo_origins
+
+        if self._rpc_cors is not None and self._rpc_cors.allows(origin):
+            return True
+        for listener in self.listeners:
+            if not listener.config.demo or listener.closing:
+                continue
+            try:
+                port = listener.port
+            except RuntimeError:
+                continue
+            tls = listener.config.tls is not None
+            if origin in demo_origins(listener.config.interface, port, tls=tls):
+                return True
+        return False
 
     @property
     def admin_url(self) -> str | None:

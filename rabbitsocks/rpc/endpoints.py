@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -26,9 +27,17 @@ logger = logging.getLogger("rabbitsocks.rpc")
 class RpcEndpoints:
     """goridge and HTTP RPC, as configured; either may be off."""
 
-    def __init__(self, config: RpcConfig, services: Services, *, source: str = "<config>"):
+    def __init__(
+        self,
+        config: RpcConfig,
+        services: Services,
+        *,
+        source: str = "<config>",
+        cors: Callable[[str], bool] | None = None,
+    ):
         self.config = config
         self.source = source
+        self._cors = cors
         self.service = PublishService(
             services.brokers,
             services.default_broker,
@@ -52,11 +61,12 @@ class RpcEndpoints:
             self.urls.append(f"tcp://{_host(iface)}:{self.goridge.port} (goridge)")
         if config.http is not None:
             iface = config.http
-            runner = web.AppRunner(
-                make_rpc_app(self.service, config.token),
-                handle_signals=False,
-                access_log=None,
-            )
+            app = make_rpc_app(self.service, config.token)
+            if self._cors is not None:
+                from rabbitsocks.demo import rpc_cors_middleware
+
+                app.middlewares.append(rpc_cors_middleware(self._cors))
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, iface.host or "127.0.0.1", iface.port)
             try:
