@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
         help="override log.level for this run",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N server processes sharing the ports (SO_REUSEPORT), one AMQP queue each",
+    )
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": set by the supervisor
+    serve.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -96,8 +104,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    worker, workers = 0, 1
+    if args.worker:
+        index, _, count = args.worker.partition("/")
+        worker, workers = int(index), int(count)
+    elif args.workers < 1:
+        print("rabbitsocks: --workers: expected a positive number", file=sys.stderr)
+        return EXIT_CONFIG
+    elif args.workers > 1:
+        from rabbitsocks.workers import check_workers, supervise
+
+        try:
+            check_workers(config, args.workers)
+        except ConfigError as exc:
+            print(f"rabbitsocks: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        passthrough = ["--loop", args.loop]
+        if args.config:
+            passthrough += ["-c", args.config]
+        if args.log_format:
+            passthrough += ["--log-format", args.log_format]
+        if args.log_level:
+            passthrough += ["--log-level", args.log_level]
+        return supervise(args.workers, passthrough, config.shutdown_timeout + 5)
     try:
-        _run(serve(config), args.loop)
+        _run(serve(config, worker=worker, workers=workers), args.loop)
     except ConfigError as exc:
         print(f"rabbitsocks: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -155,11 +186,11 @@ def hint(config: Config, server: Any) -> str | None:
     return f"try it: python -m websockets {listener.urls[0]}"
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, worker: int = 0, workers: int = 1) -> None:
     """Run ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
     from rabbitsocks.server import Server
 
-    server = Server(config)
+    server = Server(config, worker=worker, workers=workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

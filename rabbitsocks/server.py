@@ -62,6 +62,7 @@ class Listener:
         source: str = "<api>",
         owns_services: bool = False,
         app: web.Application | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.callback = callback
@@ -71,6 +72,7 @@ class Listener:
         self.closing = False
         self._source = source
         self._owns_services = owns_services
+        self._reuse_port = reuse_port
         self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
         self.stats = ListenerStats()
@@ -153,7 +155,7 @@ class Listener:
         key = f"{self.config.key}.interface"
         ssl_context = self._ssl_context()
         try:
-            self._sockets = _bind(self.config.interface)
+            self._sockets = _bind(self.config.interface, reuse_port=self._reuse_port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 message = (
@@ -264,9 +266,10 @@ def _connect_authorizer(
     return ConnectAuthorizer(jwt, hook)
 
 
-def _bind(interface: Interface) -> list[socket.socket]:
+def _bind(interface: Interface, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for ``interface``: every address of the host (all interfaces
-    when it has none), each with SO_REUSEADDR like aiohttp's own sites."""
+    when it has none), each with SO_REUSEADDR like aiohttp's own sites, and SO_REUSEPORT
+    when several worker processes share the port (the kernel spreads connections)."""
     host = interface.host
     infos = socket.getaddrinfo(
         host, interface.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -287,6 +290,8 @@ def _bind(interface: Interface) -> list[socket.socket]:
             sock = socket.socket(family, type_, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -308,10 +313,18 @@ def _bind(interface: Interface) -> list[socket.socket]:
 
 
 class Server:
-    """Every listener of a configuration, with their shared services."""
+    """Every listener of a configuration, with their shared services.
 
-    def __init__(self, config: Config) -> None:
+    With ``workers > 1`` this is one of several processes serving the same configuration
+    (``rabbitsocks serve --workers N``): listeners share their ports with SO_REUSEPORT,
+    each worker has its own broker connection and queue, the RPC endpoints run in worker
+    0 only, and worker ``i`` serves the admin endpoint on the configured port plus ``i``.
+    """
+
+    def __init__(self, config: Config, *, worker: int = 0, workers: int = 1) -> None:
         self.config = config
+        self.worker = worker
+        self.workers = workers
         self.services = Services.from_config(config)
         self.listeners: list[Listener] = []
         self.rpc: RpcEndpoints | None = None
@@ -327,8 +340,11 @@ class Server:
         await self.services.start()
         try:
             if self.config.admin is not None:
-                await self._start_admin(self.config.admin)
-            if self.config.rpc.enabled:
+                admin = self.config.admin
+                if admin.port:
+                    admin = Interface(admin.host, admin.port + self.worker)
+                await self._start_admin(admin)
+            if self.config.rpc.enabled and self.worker == 0:
                 from rabbitsocks.rpc.endpoints import RpcEndpoints
 
                 self.rpc = RpcEndpoints(
@@ -342,7 +358,10 @@ class Server:
                 await self.rpc.start()
             for listener_config in self.config.listeners:
                 listener = await _make_listener(
-                    listener_config, self.services, source=self.config.source
+                    listener_config,
+                    self.services,
+                    source=self.config.source,
+                    reuse_port=self.workers > 1,
                 )
                 if listener_config.demo:
                     from rabbitsocks.demo import add_demo_routes
@@ -433,7 +452,12 @@ class Server:
 
 
 async def _make_listener(
-    config: ListenerConfig, services: Services, *, source: str, owns_services: bool = False
+    config: ListenerConfig,
+    services: Services,
+    *,
+    source: str,
+    owns_services: bool = False,
+    reuse_port: bool = False,
 ) -> Listener:
     context = ListenerContext(name=config.name, options=config.options, services=services)
     from rabbitsocks.callback import import_callback
@@ -445,7 +469,14 @@ async def _make_listener(
         raise ConfigError(source, f"{config.key}.callback", str(exc)) from None
     except (ValueError, LookupError) as exc:  # setup() rejecting its options
         raise ConfigError(source, f"{config.key}.options", str(exc)) from None
-    return Listener(config, runner, services, source=source, owns_services=owns_services)
+    return Listener(
+        config,
+        runner,
+        services,
+        source=source,
+        owns_services=owns_services,
+        reuse_port=reuse_port,
+    )
 
 
 async def mount(

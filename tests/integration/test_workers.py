@@ -1,0 +1,120 @@
+"""`rabbitsocks serve --workers 2`: two processes on one port, one queue each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.pubsub import AmqpPublisher, amqp_url, unique
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
+@pytest.mark.slow
+async def test_two_workers_share_the_port_and_deliver_once(tmp_path: Path) -> None:
+    url = amqp_url()
+    port, admin = free_port(), free_port()
+    while admin + 1 == port:
+        admin = free_port()
+    config = tmp_path / "workers.yaml"
+    config.write_text(
+        f'listeners:\n  - interface: "127.0.0.1:{port}"\n'
+        f"brokers:\n  amqp: {{url: {json.dumps(url)}}}\n"
+        f'admin: "127.0.0.1:{admin}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITSOCKS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rabbitsocks", "serve", "-c", str(config), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    log: list[str] = []
+    topic = unique("workers")
+    try:
+
+        async def both_listening() -> None:
+            seen = 0
+            while seen < 2:
+                line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
+                assert line, "".join(log)
+                log.append(line)
+                if re.search(r"broker 'amqp': connected", line):
+                    seen += 1
+
+        await asyncio.wait_for(both_listening(), 20)
+        async with aiohttp.ClientSession() as session:
+            clients = []
+            for _ in range(24):  # the kernel spreads these over both workers
+                ws = await session.ws_connect(f"http://127.0.0.1:{port}/websocket/")
+                await ws.send_json({"command": "join", "topics": [topic]})
+                assert (await ws.receive_json(timeout=5))["topic"] == "@join"
+                clients.append(ws)
+            per_worker = [
+                re.search(
+                    r'rabbitsocks_connections\{listener="[^"]+",transport="websocket"\} (\S+)',
+                    await scrape(f"http://127.0.0.1:{admin + i}/metrics"),
+                )
+                for i in range(2)
+            ]
+            counts = [float(m.group(1)) for m in per_worker if m]
+            assert sum(counts) == 24
+            assert all(c > 0 for c in counts), counts
+            publisher = await AmqpPublisher.open(url)
+            try:
+                await publisher.publish(topic, b"to all")
+                await publisher.publish(topic, b"sentinel")
+            finally:
+                await publisher.close()
+            for ws in clients:
+                assert await ws.receive_json(timeout=5) == {"topic": topic, "payload": "to all"}
+                assert await ws.receive_json(timeout=5) == {"topic": topic, "payload": "sentinel"}
+            proc.send_signal(signal.SIGTERM)
+            for ws in clients:
+                msg = await ws.receive(timeout=10)
+                assert msg.type is aiohttp.WSMsgType.CLOSE
+                assert msg.data == 1001
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_workers_refuse_port_0(tmp_path: Path) -> None:
+    config = tmp_path / "zero.yaml"
+    config.write_text('listeners:\n  - interface: "127.0.0.1:0"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rabbitsocks", "serve", "-c", str(config), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    assert (
+        err.decode()
+        .strip()
+        .endswith(
+            f"rabbitsocks: {config}: listeners[0].interface: --workers needs a fixed port"
+            " (port 0 would give each worker another one)"
+        )
+    )
