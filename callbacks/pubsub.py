@@ -183,6 +183,13 @@ class PubSub:
                 result.refuse(topic, str(exc))
             _answer(writer, result, encode_joined, encode_join_failed)
             return
+        # Registered before anything awaits (the authorization hook): a terminate that runs
+        # meanwhile (a Socket.IO disconnect is not ordered after our frames) then unregisters
+        # it, and the hub refuses the join, instead of keeping a dead connection joined.
+        assert session.subscriber is not None
+        if hub.broker.name not in session.hubs:
+            hub.register(session.subscriber)
+            session.hubs[hub.broker.name] = hub
         valid = []
         for topic in command.topics:
             try:
@@ -194,11 +201,6 @@ class PubSub:
             for reason, topics in denied.items():
                 for topic in topics:
                     result.refuse(topic, reason)
-        assert session.subscriber is not None
-        name = hub.broker.name
-        if name not in session.hubs:
-            hub.register(session.subscriber)
-            session.hubs[name] = hub
         already = hub.topics_of(session.subscriber)
         room = self.options.max_topics - session.topic_count()
         allowed = []

@@ -1,6 +1,7 @@
 """Helpers for the pubsub tests: one client interface over both transports, a bridge (a
 pubsub listener on a memory or RabbitMQ broker) with a publisher that is independent of it,
-and ``rabbitsocks serve`` processes.
+``rabbitsocks serve`` processes, the frames that are not commands (``BAD_FRAMES``, shared
+with the check of docs/protocol.md), and a join hook that holds joins for race tests.
 
 Nothing here sleeps to synchronise: frames are awaited from queues with a timeout, and
 "nothing else arrived" is shown with a sentinel message published last (a broker keeps a
@@ -64,6 +65,46 @@ def amqp_url() -> str:
     except OSError as exc:
         pytest.fail(f"RabbitMQ is not reachable at {host}:{port} ({exc}); start it first")
     return url
+
+
+# --- frames that are not commands -----------------------------------------------------------
+
+#: (what, frame: a command object, text, or bytes for a binary frame, the #error reason)
+BAD_FRAMES: list[tuple[str, Any, str]] = [
+    ("malformed JSON", '{"command":"join","topics":["a"]', "frame is not valid JSON"),
+    ("empty frame", "", "frame is not valid JSON"),
+    ("single quotes", "{'command':'join'}", "frame is not valid JSON"),
+    ("trailing garbage", '{"command":"join","topics":[]} x', "frame is not valid JSON"),
+    ("array", "[1,2]", "frame is not a JSON object"),
+    ("string", '"join"', "frame is not a JSON object"),
+    ("null", "null", "frame is not a JSON object"),
+    ("number", "42", "frame is not a JSON object"),
+    ("no command", {"topics": ["a"]}, "missing command"),
+    ("command null", {"command": None, "topics": []}, "missing command"),
+    ("command not a string", {"command": 1, "topics": []}, "command is not a string"),
+    ("unknown command", {"command": "subscribe", "topics": ["a"]}, "unknown command 'subscribe'"),
+    ("publish", {"command": "publish", "topics": ["a"]}, "unknown command 'publish'"),
+    ("commands are case-sensitive", {"command": "JOIN", "topics": []}, "unknown command 'JOIN'"),
+    ("no topics", {"command": "join"}, "missing topics"),
+    ("topics a string", {"command": "join", "topics": "a"}, "topics is not a list"),
+    ("topics an object", {"command": "leave", "topics": {"a": 1}}, "topics is not a list"),
+    ("topic a number", {"command": "join", "topics": ["a", 1]}, "topics must be strings"),
+    ("topic null", {"command": "join", "topics": [None]}, "topics must be strings"),
+    ("broker a number", {"command": "join", "topics": [], "broker": 1}, "broker is not a string"),
+    (
+        "payload an object",
+        {"command": "join", "topics": [], "payload": {}},
+        "payload is not a string",
+    ),
+    (
+        "too many topics",
+        {"command": "join", "topics": [f"t{i}" for i in range(1001)]},
+        "too many topics in one command (max 1000)",
+    ),
+    ("binary garbage", b"\x00\x01garbage", "frame is not valid JSON"),
+    ("binary invalid UTF-8", b'{"command":"join","topics":["\xff"]}', "frame is not valid UTF-8"),
+    ("binary truncated UTF-8", b"\xc3", "frame is not valid UTF-8"),
+]
 
 
 # --- clients ------------------------------------------------------------------------------
@@ -339,6 +380,17 @@ class Bridge:
         return listener
 
 
+async def until_connected(broker: Broker, timeout: float = 15.0) -> None:
+    """Until ``broker`` is connected. A RabbitMQ that another test just restarted accepts
+    TCP connections a little before it accepts AMQP sessions, and the broker then retries
+    by itself; it tells only its hub, so its public ``connected`` is polled, briefly."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not broker.connected:
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"broker {broker.name} did not connect within {timeout:g}s")
+        await asyncio.sleep(0.05)
+
+
 def make_services(kind: BrokerKind, url: str | None = None, **amqp: Any) -> Services:
     """``memory`` always, plus an ``amqp`` broker (the default) when ``kind`` is amqp."""
     brokers: dict[str, Broker] = {"memory": MemoryBroker("memory")}
@@ -357,7 +409,7 @@ async def bridge(
     listener: Listener | None = None
     handle: Bridge | None = None
     try:
-        assert services.hub().connected, f"broker {kind} did not connect"
+        await until_connected(services.hub().broker)
         listener = await start_listener(
             "127.0.0.1:0", "callbacks.pubsub", options or {}, services=services
         )
@@ -400,7 +452,12 @@ class ServeProcess:
         self.port = 0
 
     @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
+    async def start(
+        cls, *args: str, env: dict[str, str] | None = None, amqp: bool = True
+    ) -> ServeProcess:
+        """Start it and wait until it listens and, with ``amqp``, until its broker ``amqp``
+        is connected (it may start before RabbitMQ accepts it, and then retries by itself;
+        the log line is the only outside sign of it)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -416,6 +473,8 @@ class ServeProcess:
         served = cls(process)
         try:
             match = await served.wait_for_line(r"listening on ws://127\.0\.0\.1:(\d+)/websocket/")
+            if amqp:
+                await served.wait_for_line(r"broker 'amqp': connected to ")
         except BaseException:
             await served.kill()
             raise
@@ -490,10 +549,12 @@ class HeldJoins:
 
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def reset(self) -> None:
         self.arrived = asyncio.Event()
         self.gate = asyncio.Event()
+        self.released = asyncio.Event()
 
 
 held_joins = HeldJoins()
@@ -504,4 +565,5 @@ async def held_join_hook(topics: list[str], connection: object) -> bool:
     every topic, once the test opens ``held_joins.gate``."""
     held_joins.arrived.set()
     await held_joins.gate.wait()
+    held_joins.released.set()
     return True
