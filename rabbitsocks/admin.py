@@ -110,6 +110,11 @@ class ServerCollector(Collector):
         delivery_bytes = CounterMetricFamily(
             "rabbitsocks_delivery_bytes", "Bytes fanned out to connections.", labels=["broker"]
         )
+        dropped = CounterMetricFamily(
+            "rabbitsocks_messages_dropped",
+            "Messages that could not be pushed (a routing key that is not UTF-8).",
+            labels=["broker"],
+        )
         joins = CounterMetricFamily("rabbitsocks_joins", "Topics joined.", labels=["broker"])
         leaves = CounterMetricFamily("rabbitsocks_leaves", "Topics left.", labels=["broker"])
         for name, hub in services.hubs.items():
@@ -120,9 +125,11 @@ class ServerCollector(Collector):
             messages.add_metric([name], hub.messages_in)
             deliveries.add_metric([name], hub.deliveries_out)
             delivery_bytes.add_metric([name], hub.delivery_bytes)
+            dropped.add_metric([name], hub.dropped)
             joins.add_metric([name], hub.joins)
             leaves.add_metric([name], hub.leaves)
-        yield from (up, topics, bindings, messages, deliveries, delivery_bytes, joins, leaves)
+        yield from (up, topics, bindings, messages, dropped, deliveries, delivery_bytes)
+        yield from (joins, leaves)
 
     def _rpc(self) -> Iterator[Metric]:
         rpc = self.server.rpc

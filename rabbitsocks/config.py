@@ -65,6 +65,8 @@ ENVIRONMENT: Mapping[str, str] = {
     "RABBITSOCKS_LISTEN": "listeners[0].interface (only when there is one listener)",
     "RABBITSOCKS_RPC_TOKEN": "rpc.token",
     "RABBITSOCKS_ADMIN": "admin (the metrics and health endpoint's interface)",
+    "RABBITSOCKS_RPC_HTTP": "rpc.http",
+    "RABBITSOCKS_RPC_GORIDGE": "rpc.goridge",
     "RABBITSOCKS_JWT_SECRET": "listeners[].auth.jwt.secret (every listener with auth.jwt)",
     "RABBITSOCKS_LOG_LEVEL": "log.level",
     "RABBITSOCKS_LOG_FORMAT": "log.format",
@@ -630,12 +632,21 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
         brokers["amqp"] = dataclasses.replace(brokers["amqp"], exchange=exchange)
     config = dataclasses.replace(config, brokers=brokers)
 
-    if admin := env.get("RABBITSOCKS_ADMIN"):
+    def endpoint(var: str) -> Interface | None:
+        value = env.get(var, "")
         try:
-            where = parse_private_interface(int(admin) if admin.isdigit() else admin)
+            return parse_private_interface(int(value) if value.isdigit() else value)
         except _Invalid as exc:
-            raise invalid("RABBITSOCKS_ADMIN", str(exc)) from None
-        config = dataclasses.replace(config, admin=where)
+            raise invalid(var, str(exc)) from None
+
+    if env.get("RABBITSOCKS_ADMIN"):
+        config = dataclasses.replace(config, admin=endpoint("RABBITSOCKS_ADMIN"))
+    if env.get("RABBITSOCKS_RPC_HTTP"):
+        rpc = dataclasses.replace(config.rpc, http=endpoint("RABBITSOCKS_RPC_HTTP"))
+        config = dataclasses.replace(config, rpc=rpc)
+    if env.get("RABBITSOCKS_RPC_GORIDGE"):
+        rpc = dataclasses.replace(config.rpc, goridge=endpoint("RABBITSOCKS_RPC_GORIDGE"))
+        config = dataclasses.replace(config, rpc=rpc)
     if token := env.get("RABBITSOCKS_RPC_TOKEN"):
         config = dataclasses.replace(config, rpc=dataclasses.replace(config.rpc, token=token))
     if secret := env.get("RABBITSOCKS_JWT_SECRET"):

@@ -441,6 +441,7 @@ class Server:
 
     async def stop(self) -> None:
         self.stopping = True
+        self.services.drain()
         timeout = self.config.shutdown_timeout
         await asyncio.gather(*(listener.stop(timeout) for listener in self.listeners))
         if self.rpc is not None:
@@ -558,6 +559,10 @@ async def _api_listener(
     context = ListenerContext(name=config.name, options=parsed, services=services)
     try:
         runner = await resolve_callback(name, target, context)
+    except (ValueError, LookupError) as exc:  # setup() rejecting its options
+        if owns:
+            await services.close()
+        raise ConfigError("<api>", "options", str(exc)) from None
     except BaseException:
         if owns:
             await services.close()

@@ -86,6 +86,11 @@ class Services:
         for hub in self.hubs.values():
             await hub.start()
 
+    def drain(self) -> None:
+        """The process is shutting down: bindings will go with the brokers' queues."""
+        for hub in self.hubs.values():
+            hub.draining = True
+
     async def close(self) -> None:
         """Unbind and disconnect every broker."""
         if self._http is not None:

@@ -63,6 +63,7 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.abc
+import pamqp.decode
 
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
 from rabbitsocks.errors import BrokerError, BrokerUnavailable, PublishFailed
@@ -72,9 +73,29 @@ __all__ = ["AmqpBroker", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
+
 # What aio-pika and aiormq raise when the connection is gone or going: aiormq's connection
 # errors, the OS's, a channel closed under our feet (aiormq's ChannelInvalidStateError is a
 # RuntimeError, as is aio-pika's "Connection was not opened").
+def _shortstr_of_any_octets(value: bytes) -> tuple[int, str]:
+    """pamqp's shortstr decoder, without its strict UTF-8.
+
+    An AMQP 0-9-1 shortstr is octets (section 4.2.5.3), and RabbitMQ routes a message whose
+    routing key is not UTF-8 like any other. pamqp decodes it strictly, so one such message
+    from any producer raised inside aiormq's frame reader and closed our whole connection
+    (queue, bindings, messages in flight). Undecodable bytes become lone surrogates instead
+    ("surrogateescape"); the hub cannot push such a key in JSON and drops that message alone.
+    """
+    try:
+        length = value[0]
+    except IndexError:
+        raise ValueError("Could not unpack short string value") from None
+    return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
+
+
+# pamqp looks decoders up in this table for every frame it reads.
+pamqp.decode.METHODS["shortstr"] = _shortstr_of_any_octets
+
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,

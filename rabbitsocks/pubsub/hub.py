@@ -84,6 +84,11 @@ class Hub:
         self.delivery_bytes = 0
         self.joins = 0
         self.leaves = 0
+        #: Messages that could not be pushed (a routing key that is not UTF-8).
+        self.dropped = 0
+        #: Set when the process shuts down: the broker's queue goes with its connection,
+        #: taking every binding along, so leaving connections need not unbind one by one.
+        self.draining = False
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -226,6 +231,8 @@ class Hub:
             result.done.append(topic)
 
     async def _unbind_quietly(self, topic: str) -> None:
+        if self.draining:
+            return
         try:
             await self.broker.unbind(topic)
         except BrokerError as exc:
@@ -244,7 +251,15 @@ class Hub:
                 subs = matched | subs if subs else matched
         if not subs:
             return
-        frame = SharedFrame(encode_message(routing_key, body))
+        try:
+            frame = SharedFrame(encode_message(routing_key, body))
+        except TypeError:  # orjson: a routing key that is not UTF-8 (see brokers/amqp.py)
+            self.dropped += 1
+            logger.warning(
+                "dropped a message whose routing key is not UTF-8: %r",
+                routing_key.encode("utf-8", "surrogateescape"),
+            )
+            return
         sent = 0
         for sub in subs:
             try:

@@ -196,12 +196,14 @@ class SocketIOTransport:
         if socket is None or socket.closed or self._closing:
             return True  # going away; the disconnect handler terminates the connection
         queue = socket.queue
+        if queue.qsize() >= self._max_frames:  # judged before adding, like bare WebSocket
+            return False
         if isinstance(encoded, list):  # a binary event: a header and its attachments
             for part in encoded:
                 queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=part))
         else:
             queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=encoded))
-        return bool(queue.qsize() <= self._max_frames)
+        return True
 
     def _encode(self, frame: str | bytes) -> str | list[Any]:
         packet = socketio.packet.Packet(

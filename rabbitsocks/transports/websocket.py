@@ -177,8 +177,13 @@ class WebSocketTransport:
         transport = self._transport
         if transport is None or transport.is_closing():
             return True  # the connection is going away; its reader will notice
+        # A peer is slow when what it has not read yet is over the limit: judged before this
+        # frame is added, so one frame larger than the limit still goes to a reader that
+        # keeps up, and the buffer never exceeds the limit by more than one frame.
+        if transport.get_write_buffer_size() > self._max_bytes:
+            return False
         transport.write(data)
-        return transport.get_write_buffer_size() <= self._max_bytes
+        return True
 
     def write(self, frame: str | bytes) -> bool:
         if self._transport is not None:
@@ -199,11 +204,13 @@ class WebSocketTransport:
             return True
         if self._queue is None:
             self._queue = collections.deque()
+        if len(self._queue) >= self._max_frames or self._queued_bytes > self._max_bytes:
+            return False
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._drain())
-        return len(self._queue) <= self._max_frames and self._queued_bytes <= self._max_bytes
+        return True
 
     async def _drain(self) -> None:
         queue = self._queue
