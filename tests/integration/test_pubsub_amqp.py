@@ -399,12 +399,12 @@ async def test_serve_with_no_config_and_an_amqp_url_serves_on_rabbitmq(
     amqp_url: str, clients: Clients, rabbitmq_admin: RabbitAdmin
 ) -> None:
     t = unique()
-    # Port 0 where the built-in configuration allows it. (Its RPC port, 127.0.0.1:8081, has
-    # no override: this test fails if something else holds that port.)
+    # Port 0 for every endpoint of the built-in configuration: nothing else may clash.
     env = serve_env(
         RABBITSOCKS_AMQP_URL=amqp_url,
         RABBITSOCKS_LISTEN="127.0.0.1:0",
         RABBITSOCKS_ADMIN="127.0.0.1:0",
+        RABBITSOCKS_RPC_HTTP="127.0.0.1:0",
     )
     server = await ServeProcess.start(env=env)
     try:
