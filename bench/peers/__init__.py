@@ -1,0 +1,1 @@
+"""The servers rabbitsocks is compared with, started by the bench driver as subprocesses."""
