@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -94,6 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rabbitsocks: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
+        from rabbitsocks.server import tls_context
+
+        try:
+            for listener in config.listeners:
+                tls_context(listener, config.source)  # what serve would load
+        except ConfigError as exc:
+            print(f"rabbitsocks: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         print(describe(config))
         return 0
     if args.command == "publish":
@@ -186,6 +195,19 @@ def hint(config: Config, server: Any) -> str | None:
     return f"try it: python -m websockets {listener.urls[0]}"
 
 
+def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """A worker's stdin is a pipe from its supervisor: end of file means it is gone."""
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not os.read(fd, 4096):
+            loop.remove_reader(fd)
+            logger.warning("the supervisor is gone; shutting down")
+            stop.set()
+
+    loop.add_reader(fd, readable)
+
+
 async def serve(config: Config, *, worker: int = 0, workers: int = 1) -> None:
     """Run ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
     from rabbitsocks.server import Server
@@ -195,6 +217,8 @@ async def serve(config: Config, *, worker: int = 0, workers: int = 1) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if workers > 1:
+        _stop_when_orphaned(loop, stop)
     await server.start()
     for listener in server.listeners:
         http = [

@@ -153,7 +153,7 @@ class Listener:
 
     async def start(self) -> None:
         key = f"{self.config.key}.interface"
-        ssl_context = self._ssl_context()
+        ssl_context = tls_context(self.config, self._source)
         try:
             self._sockets = _bind(self.config.interface, reuse_port=self._reuse_port)
         except OSError as exc:
@@ -178,21 +178,6 @@ class Listener:
         for sock in self._sockets:
             site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
             await site.start()
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.config.tls
-        if tls is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(tls.cert, tls.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                self._source,
-                f"{self.config.key}.tls",
-                f"cannot load certificate {tls.cert!r} and key {tls.key!r}: {exc}",
-            ) from None
-        return context
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, close every connection with 1001, wait for their ``terminate``
@@ -223,6 +208,23 @@ class Listener:
             sock.close()
         if self._owns_services:
             await self.services.close()
+
+
+def tls_context(config: ListenerConfig, source: str) -> ssl.SSLContext | None:
+    """The listener's server TLS context; ``ConfigError`` when its files do not load."""
+    tls = config.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            source,
+            f"{config.key}.tls",
+            f"cannot load certificate {tls.cert!r} and key {tls.key!r}: {exc}",
+        ) from None
+    return context
 
 
 def _connect_authorizer(

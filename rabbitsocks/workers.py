@@ -49,18 +49,11 @@ def check_workers(config: Config, workers: int) -> None:
 
 def supervise(workers: int, child_args: Sequence[str], grace: float) -> int:
     """Run ``workers`` children with ``child_args`` until a signal; the exit status."""
+    # Each child's stdin is a pipe from us: if we die without a word (SIGKILL), the pipe
+    # closes and the children shut down instead of serving on as orphans.
+    command = [sys.executable, "-m", "rabbitsocks", "serve", *child_args, "--worker"]
     children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rabbitsocks",
-                "serve",
-                *child_args,
-                "--worker",
-                f"{i}/{workers}",
-            ]
-        )
+        subprocess.Popen([*command, f"{i}/{workers}"], stdin=subprocess.PIPE)
         for i in range(workers)
     ]
     logger.info("started %d workers: pids %s", workers, " ".join(str(c.pid) for c in children))

@@ -3,3 +3,30 @@
 Only this package imports aiohttp's WebSocket types and python-socketio. Each adapter turns
 its transport's events into calls on a transport-agnostic ``Connection``.
 """
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+#: Seconds a slow consumer's remaining buffer may drain before its TCP connection is cut.
+ABORT_GRACE = 2.0
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def cut_later(transport: asyncio.Transport, delay: float = ABORT_GRACE) -> None:
+    """Reset ``transport``'s TCP connection in ``delay`` seconds unless it closed by then.
+
+    SO_LINGER 0 makes the close a reset: the kernel drops the unsent data at once instead
+    of holding it (in FIN-WAIT-1) for a peer that does not read.
+    """
+
+    def cut() -> None:  # a no-op for a connection that closed meanwhile
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+
+    asyncio.get_running_loop().call_later(delay, cut)

@@ -69,6 +69,20 @@ def _refuse(status: int, reason: str, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, text=f"{reason}\n", headers=headers)
 
 
+def _engineio_request(listener: Listener, request: web.Request) -> web.Response | None:
+    """Requests of an admitted Engine.IO session: bound what python-engineio would not."""
+    limit = listener.config.socketio.max_frame_size
+    if request.method == "POST" and (request.content_length or 0) > limit:
+        # python-engineio would close the session and wait, forever, for the client to
+        # fetch the close packet before answering this request.
+        return _refuse(413, f"payload larger than {limit} bytes")
+    sid = request.query.get("sid")
+    if sid and request.query.get("transport") == "websocket" and request.transport is not None:
+        assert listener.socketio is not None
+        listener.socketio.note_websocket(sid, request.transport)
+    return None
+
+
 def make_gate(listener: Listener) -> Middleware:
     limits = listener.config.limits
 
@@ -76,6 +90,10 @@ def make_gate(listener: Listener) -> Middleware:
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = handshake_transport(request)
         if transport is None:
+            if request.path.startswith("/socket.io/") and listener.socketio is not None:
+                refusal = _engineio_request(listener, request)
+                if refusal is not None:
+                    return refusal
             return await handler(request)
         origin = request.headers.get("Origin")
         if not listener.origins.allows(origin):

@@ -38,6 +38,7 @@ from rabbitsocks.connection import (
 )
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import SharedFrame
+from rabbitsocks.transports import cut_later
 from rabbitsocks.transports.gate import CLAIMS, connect_request
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ class SocketIOEndpoint:
             engineio_logger=__import__("os").environ.get("EIO_DEBUG") == "1",
         )
         self._sessions: dict[str, _Session] = {}
+        # The TCP transport of each Engine.IO session that upgraded to a WebSocket, so that
+        # a slow consumer's connection can be cut (see ``drop``).
+        self._websockets: dict[str, asyncio.Transport] = {}
         self.server.on("connect", self._on_connect, namespace="*")
         self.server.on("message", self._on_message, namespace="*")
         self.server.on("disconnect", self._on_disconnect, namespace="*")
@@ -153,7 +157,46 @@ class SocketIOEndpoint:
 
     async def _on_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
         await self._eio_disconnect(eio_sid, *args)  # python-socketio's own handler
+        self._websockets.pop(eio_sid, None)
         self._end_poll(eio_sid)
+
+    def note_websocket(self, eio_sid: str, transport: asyncio.Transport) -> None:
+        """The gate saw Engine.IO session ``eio_sid`` upgrade to a WebSocket on ``transport``."""
+        if eio_sid in self.server.eio.sockets:
+            self._websockets[eio_sid] = transport
+
+    async def drop(self, eio_sid: str) -> None:
+        """Close a slow consumer's whole Engine.IO session now.
+
+        ``AsyncServer.disconnect`` would wait for the client to fetch what is queued, which a
+        client that stopped reading never does (its task and queue would leak). Instead the
+        queue is emptied, the session closed without waiting (so the disconnect handlers,
+        and ``terminate``, run now), and a WebSocket's TCP connection is cut after a grace
+        period, as bare WebSocket does.
+        """
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        queue = socket.queue
+        while not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
+        transport = self._websockets.pop(eio_sid, None)
+        if transport is None and socket.upgraded:
+            environ = self.server.environ.get(eio_sid) or {}
+            request = environ.get("aiohttp.request")
+            if request is not None and request.query.get("transport") == "websocket":
+                transport = request.transport
+        # Queues the CLOSE packet (what a client that reads again sees after the frames it
+        # already has), runs the disconnect handlers, and does not wait for the client.
+        await socket.close(wait=False, abort=False)
+        queue.put_nowait(None)  # then ends a pending long-poll, or the WebSocket writer
+        # python-engineio forgets a closed socket when its request ends normally, or on its
+        # next service round; a request that ended with an error (a reset peer) skips the
+        # first. Forget it now.
+        self.server.eio.sockets.pop(eio_sid, None)
+        if transport is not None:
+            cut_later(transport)
 
     def _end_poll(self, eio_sid: str) -> None:
         # When a polling client closes its Engine.IO session, python-engineio leaves the
@@ -161,7 +204,9 @@ class SocketIOEndpoint:
         # client that waits for that GET before finishing its disconnect would hang. An
         # empty poll ends it now (Engine.IO v4: an empty payload is a valid answer).
         socket = self.server.eio.sockets.get(eio_sid)
-        if socket is not None and (socket.closing or socket.closed):
+        # Only for polling: a WebSocket's writer ends by itself, after the CLOSE packet that
+        # a server-side close queues once the disconnect handlers (this) have run.
+        if socket is not None and not socket.upgraded and (socket.closing or socket.closed):
             socket.queue.put_nowait(None)
 
     async def shutdown(self) -> None:
@@ -232,6 +277,4 @@ class SocketIOTransport:
         if self._closing:
             return
         self._closing = True
-        # The Engine.IO queue is full: drop the whole Engine.IO connection.
-        server = self._endpoint.server
-        self._endpoint.listener.spawn(server.eio.disconnect(self._eio_sid))
+        self._endpoint.listener.spawn(self._endpoint.drop(self._eio_sid))

@@ -29,6 +29,7 @@ from rabbitsocks.connection import (
 )
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_BINARY, OP_TEXT, SharedFrame, encode_close, encode_frame
+from rabbitsocks.transports import cut_later
 from rabbitsocks.transports.gate import CLAIMS, connect_request
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ logger = logging.getLogger("rabbitsocks.websocket")
 
 #: Seconds a peer has to answer our close frame (RFC 6455 section 7.1.1) before we drop it.
 CLOSE_TIMEOUT = 5.0
-#: Seconds a slow consumer's remaining buffer may drain before the TCP connection is cut.
-ABORT_GRACE = 2.0
 
 
 def offered_subprotocols(request: web.Request) -> list[str]:
@@ -138,6 +137,8 @@ class WebSocketEndpoint:
             transport.finish()
             await conn.run_terminate(ws.close_code)
             listener.untrack(conn)
+        if not ws.prepared:  # the peer reset the connection before our 101 went out
+            return web.Response(status=400, text="the handshake did not complete\n")
         return ws
 
 
@@ -240,7 +241,7 @@ class WebSocketTransport:
 
     def abort(self, code: int, reason: str) -> None:
         """Slow consumer: queue a close frame behind the backlog, then cut the connection
-        if the peer has not drained it within ``ABORT_GRACE`` seconds."""
+        if the peer has not drained it within ``transports.ABORT_GRACE`` seconds."""
         transport = self._transport
         if transport is None:
             self.close(code, reason)
@@ -248,7 +249,7 @@ class WebSocketTransport:
         if not transport.is_closing():
             transport.write(encode_close(code, reason))
             transport.close()  # flushes the buffer, then closes; the reader sees EOF
-            asyncio.get_running_loop().call_later(ABORT_GRACE, transport.abort)
+            cut_later(transport)
 
     def finish(self) -> None:
         if self._sender is not None and not self._sender.done():

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -46,23 +47,26 @@ async def test_two_workers_share_the_port_and_deliver_once(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITSOCKS_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rabbitsocks", "serve", "-c", str(config), "--workers", "2",
-        stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT, start_new_session=True,
     )  # fmt: skip
     assert proc.stderr is not None
     log: list[str] = []
+    connected = asyncio.Event()
+
+    async def read_log() -> None:
+        # Read to the end: a full pipe would block the workers' logging.
+        seen = 0
+        while line := (await proc.stderr.readline()).decode():  # type: ignore[union-attr]
+            log.append(line)
+            if "listening on" in line:  # after the broker connected (server start order)
+                seen += 1
+                if seen == 2:
+                    connected.set()
+
+    reader = asyncio.create_task(read_log())
     topic = unique("workers")
     try:
-
-        async def both_listening() -> None:
-            seen = 0
-            while seen < 2:
-                line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
-                assert line, "".join(log)
-                log.append(line)
-                if re.search(r"broker 'amqp': connected", line):
-                    seen += 1
-
-        await asyncio.wait_for(both_listening(), 20)
+        await asyncio.wait_for(connected.wait(), 20)
         async with aiohttp.ClientSession() as session:
             clients = []
             for _ in range(24):  # the kernel spreads these over both workers
@@ -95,10 +99,12 @@ async def test_two_workers_share_the_port_and_deliver_once(tmp_path: Path) -> No
                 assert msg.type is aiohttp.WSMsgType.CLOSE
                 assert msg.data == 1001
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await asyncio.wait_for(reader, 5)
     finally:
         if proc.returncode is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and its workers
             await proc.wait()
+        reader.cancel()
 
 
 async def test_workers_refuse_port_0(tmp_path: Path) -> None:
@@ -118,3 +124,44 @@ async def test_workers_refuse_port_0(tmp_path: Path) -> None:
             " (port 0 would give each worker another one)"
         )
     )
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "orphans.yaml"
+    config.write_text(
+        f'listeners:\n  - interface: "127.0.0.1:{port}"\n    callback: callbacks.echo\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rabbitsocks", "serve", "-c", str(config), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    pids: list[int] = []
+
+    async def started() -> None:
+        while not pids:
+            line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
+            assert line
+            if match := re.search(r"started 2 workers: pids (\d+) (\d+)", line):
+                pids.extend(int(p) for p in match.groups())
+
+    try:
+        await asyncio.wait_for(started(), 20)
+    finally:
+        proc.kill()  # no SIGTERM to forward: the workers must notice by themselves
+        await proc.wait()
+
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids):  # another process's life: polled, with a deadline
+        assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
+        await asyncio.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            state = status.read().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return False
+    return "zombie" not in state
