@@ -37,6 +37,7 @@ from rabbitsocks.errors import CallbackLoadError, ConfigError
 from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
+from rabbitsocks.transports.batching import WriteBatcher
 from rabbitsocks.transports.gate import make_gate
 from rabbitsocks.transports.socketio import SocketIOEndpoint
 from rabbitsocks.transports.websocket import WebSocketEndpoint
@@ -76,6 +77,7 @@ class Listener:
         self._connections: set[Connection] = set()
         self._per_address: dict[str, int] = {}
         self.stats = ListenerStats()
+        self.batcher = WriteBatcher()
         self.origins = OriginPolicy(config.origins)
         self.authorizer = _connect_authorizer(config, services, source)
         self._idle = asyncio.Event()

@@ -76,10 +76,6 @@ def _engineio_request(listener: Listener, request: web.Request) -> web.Response 
         # python-engineio would close the session and wait, forever, for the client to
         # fetch the close packet before answering this request.
         return _refuse(413, f"payload larger than {limit} bytes")
-    sid = request.query.get("sid")
-    if sid and request.query.get("transport") == "websocket" and request.transport is not None:
-        assert listener.socketio is not None
-        listener.socketio.note_websocket(sid, request.transport)
     return None
 
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+import engineio.async_drivers.aiohttp
 import engineio.packet
 import orjson
 import socketio
@@ -37,7 +38,7 @@ from rabbitsocks.connection import (
     reset_connection,
 )
 from rabbitsocks.errors import ConnectionRefused
-from rabbitsocks.frames import SharedFrame
+from rabbitsocks.frames import OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.transports import cut_later
 from rabbitsocks.transports.gate import CLAIMS, connect_request
 
@@ -70,6 +71,32 @@ class _Session:
         self.opened: asyncio.Task[None] = asyncio.get_running_loop().create_task(conn.run_open())
 
 
+class _EngineIOWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp WebSocket, without permessage-deflate, telling the
+    endpoint which TCP transport carries which Engine.IO session.
+
+    Without compression aiohttp writes every frame synchronously, so when an Engine.IO
+    session's queue is empty and its TCP buffer too, nothing of ours is in flight and
+    ``SocketIOTransport`` may write a pre-encoded frame itself (see ``_put``). It also
+    spares compressing every fan-out frame once per socket.
+    """
+
+    endpoint: SocketIOEndpoint
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request: web.Request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        socket = self.handler.__self__  # the Engine.IO socket whose handler this is
+        if request.transport is not None:
+            self.endpoint.note_websocket(socket.sid, request.transport)
+        await self.handler(self)
+        return self._sock
+
+
 class SocketIOEndpoint:
     """python-socketio attached to one listener's aiohttp application."""
 
@@ -94,6 +121,10 @@ class SocketIOEndpoint:
         # The TCP transport of each Engine.IO session that upgraded to a WebSocket, so that
         # a slow consumer's connection can be cut (see ``drop``).
         self._websockets: dict[str, asyncio.Transport] = {}
+        # Engine.IO's WebSocket class for this server only (its driver table is shared).
+        websocket_class = type("EngineIOWebSocket", (_EngineIOWebSocket,), {"endpoint": self})
+        eio = self.server.eio
+        eio._async = {**eio._async, "websocket": websocket_class}
         self.server.on("connect", self._on_connect, namespace="*")
         self.server.on("message", self._on_message, namespace="*")
         self.server.on("disconnect", self._on_disconnect, namespace="*")
@@ -161,9 +192,12 @@ class SocketIOEndpoint:
         self._end_poll(eio_sid)
 
     def note_websocket(self, eio_sid: str, transport: asyncio.Transport) -> None:
-        """The gate saw Engine.IO session ``eio_sid`` upgrade to a WebSocket on ``transport``."""
+        """Engine.IO session ``eio_sid`` now speaks WebSocket on ``transport``."""
         if eio_sid in self.server.eio.sockets:
             self._websockets[eio_sid] = transport
+
+    def websocket_of(self, eio_sid: str) -> asyncio.Transport | None:
+        return self._websockets.get(eio_sid)
 
     async def drop(self, eio_sid: str) -> None:
         """Close a slow consumer's whole Engine.IO session now.
@@ -182,11 +216,6 @@ class SocketIOEndpoint:
             queue.get_nowait()
             queue.task_done()
         transport = self._websockets.pop(eio_sid, None)
-        if transport is None and socket.upgraded:
-            environ = self.server.environ.get(eio_sid) or {}
-            request = environ.get("aiohttp.request")
-            if request is not None and request.query.get("transport") == "websocket":
-                transport = request.transport
         # Queues the CLOSE packet (what a client that reads again sees after the frames it
         # already has), runs the disconnect handlers, and does not wait for the client.
         await socket.close(wait=False, abort=False)
@@ -223,6 +252,24 @@ class SocketIOEndpoint:
         await self.server.shutdown()
 
 
+class _Encoded:
+    """A Socket.IO ``message`` event, encoded once per namespace: the Socket.IO packet
+    (a list for a binary event), and the WebSocket frame carrying it as an Engine.IO
+    message (``4`` + packet), made on first use."""
+
+    __slots__ = ("_websocket", "packet")
+
+    def __init__(self, packet: str | list[Any]) -> None:
+        self.packet = packet
+        self._websocket: bytes | None = None
+
+    def websocket(self) -> bytes:
+        if self._websocket is None:
+            assert isinstance(self.packet, str)
+            self._websocket = encode_frame(("4" + self.packet).encode("utf-8"), OP_TEXT)
+        return self._websocket
+
+
 class SocketIOTransport:
     """The ``Transport`` of one Socket.IO namespace connection."""
 
@@ -236,26 +283,39 @@ class SocketIOTransport:
         self._max_frames = endpoint.listener.config.limits.max_outbound_frames
         self._closing = False
 
-    def _put(self, encoded: str | list[Any]) -> bool:
+    def _put(self, encoded: _Encoded) -> bool:
         socket = self._endpoint.server.eio.sockets.get(self._eio_sid)
         if socket is None or socket.closed or self._closing:
             return True  # going away; the disconnect handler terminates the connection
         queue = socket.queue
+        packet = encoded.packet
+        if socket.upgraded and not socket.upgrading and not queue.qsize():
+            # The fast path: Engine.IO's writer task is idle (its queue is empty) and
+            # nothing it wrote is still buffered, so this frame is next in line. Write it,
+            # pre-encoded, without waking a task per socket.
+            tcp = self._endpoint.websocket_of(self._eio_sid)
+            if (
+                tcp is not None
+                and isinstance(packet, str)
+                and not tcp.is_closing()
+                and not tcp.get_write_buffer_size()
+            ):
+                tcp.write(encoded.websocket())
+                return True
         if queue.qsize() >= self._max_frames:  # judged before adding, like bare WebSocket
             return False
-        if isinstance(encoded, list):  # a binary event: a header and its attachments
-            for part in encoded:
+        if isinstance(packet, list):  # a binary event: a header and its attachments
+            for part in packet:
                 queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=part))
         else:
-            queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=encoded))
+            queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=packet))
         return True
 
-    def _encode(self, frame: str | bytes) -> str | list[Any]:
+    def _encode(self, frame: str | bytes) -> _Encoded:
         packet = socketio.packet.Packet(
             socketio.packet.EVENT, data=["message", frame], namespace=self._namespace
         )
-        encoded: str | list[Any] = packet.encode()
-        return encoded
+        return _Encoded(packet.encode())
 
     def write(self, frame: str | bytes) -> bool:
         return self._put(self._encode(frame))

@@ -146,8 +146,10 @@ class WebSocketTransport:
     """The ``Transport`` of one bare WebSocket connection."""
 
     __slots__ = (
+        "_batcher",
         "_max_bytes",
         "_max_frames",
+        "_pending",
         "_queue",
         "_queued_bytes",
         "_sender",
@@ -166,6 +168,9 @@ class WebSocketTransport:
         limits = listener.config.limits
         self._max_bytes = limits.max_outbound_bytes
         self._max_frames = limits.max_outbound_frames
+        self._batcher = listener.batcher
+        # Frames of this turn of the event loop, written together by ``flush``.
+        self._pending: list[bytes] | None = None
         self._queue: collections.deque[str | bytes] | None = None
         self._queued_bytes = 0
         self._sender: asyncio.Task[None] | None = None
@@ -175,16 +180,27 @@ class WebSocketTransport:
     # --- the fast path: frames encoded here, written synchronously ---------------------
 
     def _write_raw(self, data: bytes) -> bool:
+        pending = self._pending
+        if pending is not None:  # not the first frame of this turn
+            pending.append(data)
+            return True
         transport = self._transport
         if transport is None or transport.is_closing():
             return True  # the connection is going away; its reader will notice
         # A peer is slow when what it has not read yet is over the limit: judged before this
-        # frame is added, so one frame larger than the limit still goes to a reader that
-        # keeps up, and the buffer never exceeds the limit by more than one frame.
+        # turn's frames are added, so a frame larger than the limit still goes to a reader
+        # that keeps up, and the buffer never exceeds the limit by more than one turn.
         if transport.get_write_buffer_size() > self._max_bytes:
             return False
-        transport.write(data)
+        self._pending = [data]
+        self._batcher.add(self)
         return True
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        transport = self._transport
+        if pending and transport is not None and not transport.is_closing():
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def write(self, frame: str | bytes) -> bool:
         if self._transport is not None:
@@ -230,6 +246,7 @@ class WebSocketTransport:
     # --- closing ------------------------------------------------------------------------
 
     def close(self, code: int, reason: str) -> None:
+        self.flush()  # what was sent before close() goes out before the close frame
         if self.pending_close is None and not self._ws.closed:
             self.pending_close = asyncio.get_running_loop().create_task(self._close(code, reason))
 
@@ -246,12 +263,14 @@ class WebSocketTransport:
         if transport is None:
             self.close(code, reason)
             return
+        self._pending = None  # not even this turn's frames: it is not reading
         if not transport.is_closing():
             transport.write(encode_close(code, reason))
             transport.close()  # flushes the buffer, then closes; the reader sees EOF
             cut_later(transport)
 
     def finish(self) -> None:
+        self._pending = None
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
         self._queue = None

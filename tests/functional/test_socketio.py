@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import engineio.payload
 import pytest
 import socketio
 
@@ -185,3 +187,37 @@ async def test_engineio_handshake_is_v4(listener: Listener) -> None:
         body = await response.text()
     assert body.startswith('0{"sid":')
     assert '"upgrades":["websocket"]' in body
+
+
+@pytest.mark.parametrize("mode", ["websocket", "upgrade", "polling"])
+async def test_fanout_keeps_order_across_the_fast_path_and_the_queue(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Frames go straight to an idle WebSocket, and through Engine.IO's queue when it has a
+    # backlog; sizes vary so that both happen, and the order must survive the switches.
+    from rabbitsocks import Services
+
+    # python-engineio's *client* refuses a polling answer of more than 16 packets (browsers
+    # take any number); the server answers a poll with everything queued.
+    monkeypatch.setattr(engineio.payload.Payload, "max_decode_packets", 10_000)
+
+    services = Services.memory_only()
+    await services.start()
+    handle = await start_listener("127.0.0.1:0", "callbacks.pubsub", services=services)
+    client = Client()
+    try:
+        await client.connect(handle, TRANSPORTS[mode])
+        await client.sio.send('{"command":"join","topics":["order"]}')
+        assert json.loads(await client.next())["topic"] == "@join"
+        broker = services.brokers["memory"]
+        count = 300
+        for i in range(count):
+            await broker.publish("order", f"{i} ".encode() + b"x" * (30_000 if i % 7 == 0 else 10))
+        numbers = []
+        for _ in range(count):
+            numbers.append(int(json.loads(await client.next())["payload"].split()[0]))
+        assert numbers == list(range(count))
+    finally:
+        await client.sio.disconnect()
+        await handle.stop()
+        await services.close()

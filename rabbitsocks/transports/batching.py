@@ -1,0 +1,45 @@
+"""Coalescing writes: one ``transport.write`` per socket per turn of the event loop.
+
+On the hot path most of the server's CPU is the ``send()`` system call behind each
+``transport.write``. When several messages reach the same socket in one turn of the loop
+(aiormq hands over a burst of deliveries together, or a callback answers and a delivery
+follows), writing them separately costs one system call each. Instead, a socket's first
+frame of the turn registers it with the listener's ``WriteBatcher``; later frames of the
+same turn are appended; at the end of the turn every registered socket writes its frames
+at once, in order. A frame waits at most until the loop has run what was already ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+__all__ = ["BatchedSink", "WriteBatcher"]
+
+
+class BatchedSink(Protocol):
+    def flush(self) -> None:
+        """Write what was gathered during this turn."""
+        ...
+
+
+class WriteBatcher:
+    """The sockets that have frames waiting for the end of this turn."""
+
+    __slots__ = ("_pending", "_scheduled")
+
+    def __init__(self) -> None:
+        self._pending: list[BatchedSink] = []
+        self._scheduled = False
+
+    def add(self, sink: BatchedSink) -> None:
+        self._pending.append(sink)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._scheduled = False
+        for sink in pending:
+            sink.flush()
