@@ -27,6 +27,19 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair() -> int:
+    """A port p with p + 1 free too: worker i serves the admin endpoint on p + i."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
 async def scrape(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return await response.text()
@@ -35,9 +48,10 @@ async def scrape(url: str) -> str:
 @pytest.mark.slow
 async def test_two_workers_share_the_port_and_deliver_once(tmp_path: Path) -> None:
     url = amqp_url()
-    port, admin = free_port(), free_port()
-    while admin + 1 == port:
-        admin = free_port()
+    admin = free_port_pair()
+    port = free_port()
+    while port in (admin, admin + 1):
+        port = free_port()
     config = tmp_path / "workers.yaml"
     config.write_text(
         f'listeners:\n  - interface: "127.0.0.1:{port}"\n'
@@ -66,7 +80,10 @@ async def test_two_workers_share_the_port_and_deliver_once(tmp_path: Path) -> No
     reader = asyncio.create_task(read_log())
     topic = unique("workers")
     try:
-        await asyncio.wait_for(connected.wait(), 20)
+        try:
+            await asyncio.wait_for(connected.wait(), 30)
+        except TimeoutError:
+            raise AssertionError("the workers did not start:\n" + "".join(log)) from None
         async with aiohttp.ClientSession() as session:
             clients = []
             for _ in range(24):  # the kernel spreads these over both workers
