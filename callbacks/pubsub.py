@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rabbitsocks import ConnectionInfo, ListenerContext, Writer, current_connection
-from rabbitsocks.auth import JoinAuthorizer, load_hook
+from rabbitsocks.auth import JoinAuthorizer, hook_from_config
 from rabbitsocks.config import HookConfig
 from rabbitsocks.connection import CLOSE_POLICY_VIOLATION
 from rabbitsocks.errors import CloseConnection, InvalidTopic, ProtocolError, UnknownBroker
@@ -171,16 +171,19 @@ class PubSub:
 
     # --- commands -------------------------------------------------------------------------
 
-    def _hub(self, command: Command) -> Hub:
-        return self.services.hub(command.broker or self.options.broker)
-
-    async def _join(self, command: Command, session: Session, writer: Writer) -> None:
-        result = JoinResult()
+    def _hub(self, command: Command, result: JoinResult) -> Hub | None:
+        """The hub the command names; ``None``, with every topic refused, if none is."""
         try:
-            hub = self._hub(command)
+            return self.services.hub(command.broker or self.options.broker)
         except UnknownBroker as exc:
             for topic in command.topics:
                 result.refuse(topic, str(exc))
+            return None
+
+    async def _join(self, command: Command, session: Session, writer: Writer) -> None:
+        result = JoinResult()
+        hub = self._hub(command, result)
+        if hub is None:
             _answer(writer, result, encode_joined, encode_join_failed)
             return
         # Registered before anything awaits (the authorization hook): a terminate that runs
@@ -221,19 +224,13 @@ class PubSub:
 
     async def _leave(self, command: Command, session: Session, writer: Writer) -> None:
         result = JoinResult()
-        try:
-            hub = self._hub(command)
-        except UnknownBroker as exc:
-            for topic in command.topics:
-                result.refuse(topic, str(exc))
-            _answer(writer, result, encode_left, encode_leave_failed)
-            return
+        hub = self._hub(command, result)
         assert session.subscriber is not None
-        if hub.broker.name not in session.hubs:
+        if hub is not None and hub.broker.name in session.hubs:
+            result = await hub.leave(session.subscriber, command.topics)
+        elif hub is not None:
             for topic in command.topics:
                 result.refuse(topic, "not joined")
-        else:
-            result = await hub.leave(session.subscriber, command.topics)
         _answer(writer, result, encode_left, encode_leave_failed)
 
 
@@ -255,12 +252,10 @@ def setup(context: ListenerContext) -> PubSub:
     if options.join_auth is not None or options.topics_claim is not None:
         hook = None
         if options.join_auth is not None:
-            hook = load_hook(
+            hook = hook_from_config(
                 f"{context.name}: options.join_auth",
-                callable_spec=options.join_auth.callable,
-                url=options.join_auth.url,
-                timeout=options.join_auth.timeout,
-                session=context.services.http_session,
+                options.join_auth,
+                context.services.http_session,
             )
         authorizer = JoinAuthorizer(options.topics_claim, hook)
     return PubSub(options, context.services, authorizer)

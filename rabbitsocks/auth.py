@@ -34,6 +34,8 @@ from rabbitsocks.topics import pattern_covers
 if TYPE_CHECKING:
     import aiohttp
 
+    from rabbitsocks.config import HookConfig
+
 __all__ = [
     "AuthDenied",
     "ConnectAuthorizer",
@@ -42,6 +44,7 @@ __all__ = [
     "Hook",
     "JoinAuthorizer",
     "JwtVerifier",
+    "hook_from_config",
     "load_hook",
 ]
 
@@ -266,6 +269,22 @@ def load_hook(
             f'expected "package.module:function", got {callable_spec!r}',
         )
     return Hook(target=target, timeout=timeout, name=callable_spec)
+
+
+def hook_from_config(
+    key: str, config: HookConfig, session: SessionFactory, source: str = "<config>"
+) -> Hook:
+    """The hook a ``HookConfig`` (callable or url) describes."""
+    hook = load_hook(
+        key,
+        callable_spec=config.callable,
+        url=config.url,
+        timeout=config.timeout,
+        session=session,
+        source=source,
+    )
+    assert hook is not None  # HookConfig insists on one of the two
+    return hook
 
 
 class ConnectAuthorizer:

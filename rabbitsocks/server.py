@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from rabbitsocks.auth import ConnectAuthorizer, JwtVerifier, load_hook
+from rabbitsocks.auth import ConnectAuthorizer, JwtVerifier, hook_from_config
 from rabbitsocks.callback import CallbackRunner, ListenerContext, resolve_callback
 from rabbitsocks.config import (
     Config,
@@ -257,14 +257,7 @@ def _connect_authorizer(
         )
     hook = None
     if auth.connect is not None:
-        hook = load_hook(
-            f"{key}.connect",
-            callable_spec=auth.connect.callable,
-            url=auth.connect.url,
-            timeout=auth.connect.timeout,
-            session=services.http_session,
-            source=source,
-        )
+        hook = hook_from_config(f"{key}.connect", auth.connect, services.http_session, source)
     if jwt is None and hook is None:
         return None
     return ConnectAuthorizer(jwt, hook)

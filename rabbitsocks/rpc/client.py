@@ -78,7 +78,33 @@ def _check_ok(response: Response) -> None:
         raise PublishFailed("the server answered ok=false")
 
 
-class GoridgeClient:
+class _PublishMethods:
+    """``publish`` and ``publish_request``, over a transport's ``call``."""
+
+    service: str
+
+    async def call(self, method: str, request: Request) -> Response:
+        raise NotImplementedError
+
+    async def publish(
+        self,
+        topics: str | Iterable[str],
+        payload: bytes | str,
+        *,
+        broker: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        """Publish ``payload`` to ``topics``; with ``wait``, once the broker confirmed it."""
+        request = build_request(topics, payload, broker=broker)
+        _check_ok(await self.publish_request(request, async_=not wait))
+
+    async def publish_request(self, request: Request, async_: bool = False) -> Response:
+        """Call ``<service>.Publish`` (or ``PublishAsync``) with a prepared ``Request``."""
+        method = "PublishAsync" if async_ else "Publish"
+        return await self.call(f"{self.service}.{method}", request)
+
+
+class GoridgeClient(_PublishMethods):
     """An RPC client over one goridge TCP connection, opened on first use.
 
     Calls are serialised on the connection, as RoadRunner's PHP client does; use one
@@ -131,23 +157,6 @@ class GoridgeClient:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def publish(
-        self,
-        topics: str | Iterable[str],
-        payload: bytes | str,
-        *,
-        broker: str | None = None,
-        wait: bool = True,
-    ) -> None:
-        """Publish ``payload`` to ``topics``; with ``wait``, once the broker confirmed it."""
-        request = build_request(topics, payload, broker=broker)
-        _check_ok(await self.publish_request(request, async_=not wait))
-
-    async def publish_request(self, request: Request, async_: bool = False) -> Response:
-        """Call ``<service>.Publish`` (or ``PublishAsync``) with a prepared ``Request``."""
-        method = "PublishAsync" if async_ else "Publish"
-        return await self.call(f"{self.service}.{method}", request)
-
     async def call(self, method: str, request: Request) -> Response:
         """Call ``method`` with the protobuf codec; an empty reply body reads as ok=false."""
         async with self._lock:
@@ -186,7 +195,7 @@ class GoridgeClient:
             raise RpcError(f"the reply is not a Response: {exc}") from exc
 
 
-class HttpRpcClient:
+class HttpRpcClient(_PublishMethods):
     """An RPC client for ``POST <url>/<method>``, e.g. ``http://127.0.0.1:8080/rpc``."""
 
     def __init__(
@@ -223,23 +232,6 @@ class HttpRpcClient:
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
-
-    async def publish(
-        self,
-        topics: str | Iterable[str],
-        payload: bytes | str,
-        *,
-        broker: str | None = None,
-        wait: bool = True,
-    ) -> None:
-        """Publish ``payload`` to ``topics``; with ``wait``, once the broker confirmed it."""
-        request = build_request(topics, payload, broker=broker)
-        _check_ok(await self.publish_request(request, async_=not wait))
-
-    async def publish_request(self, request: Request, async_: bool = False) -> Response:
-        """Call ``<service>.Publish`` (or ``PublishAsync``) with a prepared ``Request``."""
-        method = "PublishAsync" if async_ else "Publish"
-        return await self.call(f"{self.service}.{method}", request)
 
     async def call(self, method: str, request: Request) -> Response:
         """POST ``request`` to ``<url>/<method>`` and decode the ``Response``."""

@@ -24,11 +24,19 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from rabbitsocks.auth import AuthDenied, ConnectRequest
+from rabbitsocks.connection import ConnectionInfo, new_connection_id
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
 
-__all__ = ["CLAIMS", "CONNECT_REQUEST", "connect_request", "handshake_transport", "make_gate"]
+__all__ = [
+    "CLAIMS",
+    "CONNECT_REQUEST",
+    "connect_request",
+    "connection_info",
+    "handshake_transport",
+    "make_gate",
+]
 
 logger = logging.getLogger("rabbitsocks.gate")
 
@@ -63,6 +71,21 @@ def connect_request(request: web.Request, transport: str) -> ConnectRequest:
     )
     request[CONNECT_REQUEST] = made
     return made
+
+
+def connection_info(
+    listener: Listener, request: web.Request, transport: str, path: str
+) -> ConnectionInfo:
+    """Who a new connection is, from the handshake request the gate admitted."""
+    return ConnectionInfo(
+        id=new_connection_id(),
+        listener=listener.name,
+        transport=transport,
+        path=path,
+        remote=request.remote or "",
+        claims=request.get(CLAIMS),
+        request=connect_request(request, transport),
+    )
 
 
 def _refuse(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -32,15 +32,13 @@ from aiohttp import web
 from rabbitsocks.connection import (
     CLOSE_GOING_AWAY,
     Connection,
-    ConnectionInfo,
     enter_connection,
-    new_connection_id,
     reset_connection,
 )
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.transports import cut_later
-from rabbitsocks.transports.gate import CLAIMS, connect_request
+from rabbitsocks.transports.gate import connection_info
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
@@ -144,15 +142,7 @@ class SocketIOEndpoint:
         path = namespace.lstrip("/")
         # The request that opened the Engine.IO session, which the gate admitted.
         request: web.Request = environ["aiohttp.request"]
-        info = ConnectionInfo(
-            id=new_connection_id(),
-            listener=listener.name,
-            transport="socketio",
-            path=path,
-            remote=request.remote or "",
-            claims=request.get(CLAIMS),
-            request=connect_request(request, "socketio"),
-        )
+        info = connection_info(listener, request, "socketio", path)
         token = enter_connection(info)
         try:
             state = await callback.init(path, listener.options)

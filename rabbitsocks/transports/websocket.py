@@ -23,14 +23,12 @@ from aiohttp import WSMsgType, web
 
 from rabbitsocks.connection import (
     Connection,
-    ConnectionInfo,
     enter_connection,
-    new_connection_id,
 )
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_BINARY, OP_TEXT, SharedFrame, encode_close, encode_frame
 from rabbitsocks.transports import cut_later
-from rabbitsocks.transports.gate import CLAIMS, connect_request
+from rabbitsocks.transports.gate import connection_info
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
@@ -90,15 +88,7 @@ class WebSocketEndpoint:
         if listener.closing:
             return web.Response(status=503, text="server is shutting down\n")
 
-        info = ConnectionInfo(
-            id=new_connection_id(),
-            listener=listener.name,
-            transport="websocket",
-            path=path,
-            remote=request.remote or "",
-            claims=request.get(CLAIMS),
-            request=connect_request(request, "websocket"),
-        )
+        info = connection_info(listener, request, "websocket", path)
         enter_connection(info)  # this task is the connection's: it stays current
         try:
             state = await callback.init(path, listener.options)
