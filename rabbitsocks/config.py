@@ -300,6 +300,15 @@ class BrokerConfig:
     confirm_timeout: float = 5.0
     #: AMQP prefetch (unacknowledged deliveries in flight) of the process's queue.
     prefetch: int = 2000
+    #: Seconds between reconnect attempts: from ``reconnect_min``, doubling (with jitter)
+    #: up to ``reconnect_max``. Messages published while the bridge is reconnecting are
+    #: not delivered, so a short ceiling loses fewer after an outage.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reconnect_min <= self.reconnect_max:
+            raise ValueError("expected 0 < reconnect_min <= reconnect_max")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ def make_broker(name: str, config: BrokerConfig) -> Broker:
         config.exchange,
         prefetch=config.prefetch,
         confirm_timeout=config.confirm_timeout,
+        reconnect_min=config.reconnect_min,
+        reconnect_max=config.reconnect_max,
     )
 
 

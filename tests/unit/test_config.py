@@ -144,6 +144,13 @@ def test_several_listeners_each_with_its_callback() -> None:
             "x.yaml: brokers.amqp.type: expected one of 'amqp', 'memory', got 'kafka' (str)",
         ),
         (
+            {
+                "listeners": [{"interface": 1}],
+                "brokers": {"amqp": {"reconnect_min": 5, "reconnect_max": 1}},
+            },
+            "x.yaml: brokers.amqp: expected 0 < reconnect_min <= reconnect_max",
+        ),
+        (
             {"listeners": [{"interface": 1}], "default_broker": "amqp"},
             "x.yaml: default_broker: expected one of the configured brokers (memory), got 'amqp'",
         ),
@@ -247,3 +254,18 @@ def test_default_config_is_a_pubsub_listener_on_memory() -> None:
     assert str(listener.interface) == "127.0.0.1:8080"
     assert listener.callback == "callbacks.pubsub"
     assert config.effective_default_broker == "memory"
+
+
+def test_broker_settings_reach_the_amqp_broker() -> None:
+    from rabbitsocks.services import Services
+
+    config = parse_config(
+        {
+            "listeners": [{"interface": 1}],
+            "brokers": {"amqp": {"reconnect_min": 0.1, "reconnect_max": 2, "exchange": "x"}},
+        },
+        environ={},
+    )
+    broker = Services.from_config(config).brokers["amqp"]
+    assert (broker._reconnect_min, broker._reconnect_max) == (0.1, 2.0)  # type: ignore[attr-defined]
+    assert broker._exchange == "x"  # type: ignore[attr-defined]
