@@ -10,16 +10,11 @@
 // Environment: DEMO_URL (the page), DEMO_PREFIX (a routing-key word of this run's own),
 // DEMO_RPC_TOKEN (the RPC endpoint's bearer token), CHROMIUM (the browser), ARTIFACTS (where
 // screenshots go).
-import { mkdtempSync, rmSync } from "node:fs";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join as pathJoin } from "node:path";
 import { createInterface } from "node:readline";
 
-// playwright-core is installed in demo/ (scripts/build-demo), pinned by its lock file.
-const { chromium } = createRequire(new URL("../../demo/package.json", import.meta.url))(
-  "playwright-core",
-);
+import { launchChromium } from "../support/chromium.mjs";
 
 const WAIT = 5000; // milliseconds any single expected event may take
 const { DEMO_URL, DEMO_PREFIX, DEMO_RPC_TOKEN, CHROMIUM, ARTIFACTS } = process.env;
@@ -47,23 +42,8 @@ function step(text) {
 
 // --- the page -----------------------------------------------------------------------------
 
-// The flags Debian's chromium needs in a container, and nothing that phones home.
-const profile = mkdtempSync(pathJoin(tmpdir(), "rabbitsocks-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-  viewport: { width: 1200, height: 900 },
-});
+const browser = await launchChromium(CHROMIUM, { viewport: { width: 1200, height: 900 } });
+const { context } = browser;
 context.setDefaultTimeout(WAIT);
 const page = context.pages()[0] ?? (await context.newPage());
 const problems = [];
@@ -159,7 +139,6 @@ try {
   if (problems.length) console.error(`[demo.spec] the page reported:\n  ${problems.join("\n  ")}`);
   console.error(`[demo.spec] screenshot of the failure: ${failure}`);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await browser.close();
 }
 process.exit(failed ? 1 : 0);

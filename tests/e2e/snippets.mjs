@@ -16,16 +16,11 @@
 // to type it on, whether that page must have `io`, how many console lines to wait for
 // before asking for the publish, and after it; no publish when after is 0), CHROMIUM (the
 // browser), ARTIFACTS (where failure screenshots go).
-import { mkdtempSync, rmSync } from "node:fs";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join as pathJoin } from "node:path";
 import { createInterface } from "node:readline";
 
-// playwright-core is installed in demo/ (scripts/build-demo), pinned by its lock file.
-const { chromium } = createRequire(new URL("../../demo/package.json", import.meta.url))(
-  "playwright-core",
-);
+import { launchChromium } from "../support/chromium.mjs";
 
 const WAIT = 5000; // milliseconds any single expected event may take
 const { SNIPPETS, CHROMIUM, ARTIFACTS } = process.env;
@@ -93,22 +88,8 @@ class ConsoleLines {
 
 // --- the browser --------------------------------------------------------------------------
 
-// The flags Debian's chromium needs in a container, and nothing that phones home.
-const profile = mkdtempSync(pathJoin(tmpdir(), "rabbitsocks-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium(CHROMIUM);
+const { context } = browser;
 context.setDefaultTimeout(WAIT);
 
 async function runSnippet(snippet, page, problems) {
@@ -165,7 +146,6 @@ try {
     console.error(`[snippets] screenshot of the failure: ${failure}`);
   }
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await browser.close();
 }
 process.exit(failed ? 1 : 0);

@@ -14,15 +14,12 @@ skipped browser test looks green. ``RABBITSOCKS_CHROMIUM`` points it at another 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import json
-import os
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -33,42 +30,21 @@ from rabbitsocks.demo import ASSETS, add_demo_routes, demo_origins, rpc_cors_mid
 from rabbitsocks.rpc.http import make_rpc_app
 from rabbitsocks.rpc.service import PublishService
 from rabbitsocks.services import Services
+from tests.support.browser import ARTIFACTS, ROOT, node_for_chromium, run_browser_script
 from tests.support.pubsub import AmqpPublisher, amqp_url, unique
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEC = Path(__file__).with_name("demo.spec.mjs")
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("RABBITSOCKS_CHROMIUM", "/usr/bin/chromium")
 #: The whole scenario (a browser start, five publishes) takes about 4 s.
 DEADLINE = 45.0
 RPC_TOKEN = "e2e-s3cret"
 
 
 def _node() -> str:
-    """The ``node`` to run the scenario with; fails with the fix when something is missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(
-            "Node.js is not installed: the demo page test drives Chromium from Node.js 20 or"
-            " newer (Debian/Ubuntu: apt-get install -y nodejs npm), then run scripts/build-demo."
-        )
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}: install Debian's build with"
-            " `apt-get install -y chromium` (as root), or point RABBITSOCKS_CHROMIUM at one."
-        )
-    if not (ROOT / "demo" / "node_modules" / "playwright-core").is_dir():
-        pytest.fail(
-            "playwright-core is not installed in demo/node_modules: run scripts/build-demo"
-            " (it runs npm ci in demo/)."
-        )
-    for name in ("index.html", "socket.io.min.js"):
-        if not (ASSETS / name).is_file():
-            pytest.fail(
-                f"{ASSETS / name} is missing: the demo page is not built: run scripts/build-demo."
-            )
+    """The ``node`` to run the scenario with; fails with the fix when something is missing
+    or the demo page's build is older than its source."""
+    node = node_for_chromium()
     if (ROOT / "demo" / "index.html").stat().st_mtime > (ASSETS / "index.html").stat().st_mtime:
         pytest.fail("demo/index.html is newer than its build: run scripts/build-demo.")
     return node
@@ -121,56 +97,22 @@ async def demo_server(url: str, *, rpc_token: str) -> AsyncIterator[str]:
 async def drive_demo_page(page_url: str, amqp: str, rpc_token: str) -> Path:
     """Run ``demo.spec.mjs`` on ``page_url``, publishing on ``amqp`` as it asks; returns the
     screenshot. For any server serving the page (``mount`` here, ``rabbitsocks serve``)."""
-    node = _node()
-    ARTIFACTS.mkdir(exist_ok=True)
+    _node()
     publisher = await AmqpPublisher.open(amqp)
-    environ = {
-        **os.environ,
-        "DEMO_URL": page_url,
-        "DEMO_PREFIX": unique("demo"),
-        "DEMO_RPC_TOKEN": rpc_token,
-        "CHROMIUM": CHROMIUM,
-        "ARTIFACTS": str(ARTIFACTS),
-    }
+
+    async def handle(request: dict[str, Any]) -> dict[str, Any] | None:
+        if "publish" not in request:
+            return None
+        topic = request["publish"]["topic"]
+        body = base64.b64decode(request["publish"]["payload"])
+        await publisher.publish(topic, body)  # confirmed by RabbitMQ
+        return {"published": topic}
+
+    environ = {"DEMO_URL": page_url, "DEMO_PREFIX": unique("demo"), "DEMO_RPC_TOKEN": rpc_token}
     try:
-        process = await asyncio.create_subprocess_exec(
-            node,
-            str(SPEC),
-            env=environ,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert process.stdin is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        stderr = asyncio.ensure_future(process.stderr.read())
-        done: dict[str, str] | None = None
-        try:
-            async with asyncio.timeout(DEADLINE):
-                async for line in process.stdout:
-                    request = json.loads(line)
-                    if "publish" in request:
-                        topic = request["publish"]["topic"]
-                        body = base64.b64decode(request["publish"]["payload"])
-                        await publisher.publish(topic, body)  # confirmed by RabbitMQ
-                        process.stdin.write(json.dumps({"published": topic}).encode() + b"\n")
-                        await process.stdin.drain()
-                    elif "done" in request:
-                        done = request["done"]
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            pytest.fail(
-                f"the demo page scenario did not finish within {DEADLINE:.0f} s:\n"
-                + (await stderr).decode(errors="replace")
-            )
-        log = (await stderr).decode(errors="replace")
+        done = await run_browser_script(SPEC, environ, handle, DEADLINE)
     finally:
         await publisher.close()
-    assert process.returncode == 0, f"demo.spec.mjs failed:\n{log}"
-    assert done is not None, f"demo.spec.mjs ended without saying done:\n{log}"
     return Path(done["screenshot"])
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
@@ -14,36 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def env() -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RABBITSOCKS_")}
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
-    return environ
-
-
-async def run(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rabbitsocks",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env(),
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.support.pubsub import ROOT, free_port, run_cli, serve_env
 
 
 class Served:
@@ -80,7 +50,7 @@ async def serve(config: Path) -> Served:
         "-c",
         str(config),
         stderr=asyncio.subprocess.PIPE,
-        env=env(),
+        env=serve_env(),
         cwd=ROOT,
     )
     return Served(proc)
@@ -141,7 +111,7 @@ async def test_port_in_use_refuses_to_start_with_exit_2(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         path = tmp_path / "busy.yaml"
         path.write_text(f'listeners:\n  - interface: "127.0.0.1:{port}"\n')
-        code, _, err = await run("serve", "-c", str(path))
+        code, _, err = await run_cli("serve", "-c", str(path))
     assert code == 2
     assert err.strip().splitlines()[-1] == (
         f"rabbitsocks: {path}: listeners[0].interface: port {port} is already in use"
@@ -153,7 +123,7 @@ async def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("listeners:\n  - interface: 8080\n    callback: mypkg.nothere\n")
     for command in ("serve", "check"):
-        code, out, err = await run(command, "-c", str(path))
+        code, out, err = await run_cli(command, "-c", str(path))
         assert code == 2
         assert out == ""
         assert err == (
@@ -163,18 +133,18 @@ async def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 async def test_check_prints_what_it_would_start() -> None:
-    code, out, _ = await run("check", "-c", "config/default.yaml")
+    code, out, _ = await run_cli("check", "-c", "config/default.yaml")
     assert code == 0
     assert "listener 127.0.0.1:8080: callback callbacks.pubsub" in out
     assert "default broker: memory" in out
 
 
 async def test_version_and_help() -> None:
-    code, out, _ = await run("--version")
+    code, out, _ = await run_cli("--version")
     assert code == 0
     assert re.fullmatch(r"rabbitsocks \d+\.\d+\.\d+\S*\n", out)
-    code, out, _ = await run("serve", "--help")
+    code, out, _ = await run_cli("serve", "--help")
     assert code == 0
     assert "-c FILE, --config FILE" in out
-    code, out, _ = await run("--help")
+    code, out, _ = await run_cli("--help")
     assert "RABBITSOCKS_AMQP_URL" in out

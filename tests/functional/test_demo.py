@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +22,7 @@ from rabbitsocks.config import Interface
 from rabbitsocks.demo import NOT_BUILT, add_demo_routes, demo_origins, rpc_cors_middleware
 from rabbitsocks.rpc.http import make_rpc_app
 from rabbitsocks.rpc.service import PublishService
+from tests.support.apps import Serve, app_server
 
 SCRIPT = b"console.log('demo');"
 STYLE = b"body { color: teal; }"
@@ -29,24 +30,12 @@ PAGE = b"<!doctype html><style>" + STYLE + b"</style><script>" + SCRIPT + b"</sc
 PAGE_ORIGIN = "http://127.0.0.1:8080"
 SOURCE = Path(__file__).resolve().parents[2] / "demo"
 
-Serve = Callable[[web.Application], Awaitable[str]]
-
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     """Serve an app on 127.0.0.1, port 0; returns its base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    async with app_server() as start:
+        yield start
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from rabbitsocks import Listener, Writer, current_connection, start_listener
 from rabbitsocks.config import AuthConfig, HookConfig, JwtConfig, LimitsConfig
+from tests.support.apps import served
 from tests.support.recorder import Recorder
 
 SECRET = "test-secret-of-32-bytes-at-least!"
@@ -323,14 +324,11 @@ async def auth_endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/ws/connect", decide)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/ws/connect", seen
-    finally:
-        never.set()
-        await runner.cleanup()
+    async with served(app) as base:
+        try:
+            yield f"{base}/ws/connect", seen
+        finally:
+            never.set()
 
 
 async def test_http_connect_hook(auth_endpoint: tuple[str, list[dict[str, Any]]]) -> None:

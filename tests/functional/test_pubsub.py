@@ -14,7 +14,6 @@ import json
 import os
 import re
 import struct
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +25,6 @@ from rabbitsocks.config import WebSocketConfig, parse_config
 from tests.support.pubsub import (
     BAD_FRAMES,
     BROKERS,
-    ROOT,
     TRANSPORTS,
     Bridge,
     BrokerKind,
@@ -36,6 +34,7 @@ from tests.support.pubsub import (
     Transport,
     bridge,
     client_pool,
+    run_cli,
     serve_env,
     unique,
 )
@@ -526,19 +525,9 @@ async def test_websockets_client_with_permessage_deflate(rs: Bridge) -> None:
 async def test_serve_without_configuration_runs_on_memory_or_on_amqp_url() -> None:
     # What `rabbitsocks serve` would start with no -c, with and without RABBITSOCKS_AMQP_URL.
     async def check(**env: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rabbitsocks",
-            "check",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=serve_env(**env),
-            cwd=ROOT,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, err.decode()
-        return out.decode()
+        code, out, err = await run_cli("check", env=serve_env(**env))
+        assert code == 0, err
+        return out
 
     memory_only = await check()
     assert "callback callbacks.pubsub" in memory_only

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rabbitsocks import Listener, start_listener
 from rabbitsocks.config import AuthConfig, JwtConfig
+from tests.support.apps import served
 
 SECRET = "pubsub-secret-of-32-bytes-at-least"
 
@@ -104,13 +105,8 @@ async def join_endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/ws/join", decide)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/ws/join", seen
-    finally:
-        await runner.cleanup()
+    async with served(app) as base:
+        yield f"{base}/ws/join", seen
 
 
 async def test_http_join_hook(join_endpoint: tuple[str, list[dict[str, Any]]]) -> None:

@@ -27,28 +27,10 @@ from rabbitsocks.rpc.goridge import (
 )
 from rabbitsocks.rpc.goridge_server import GoridgeServer, start_goridge_server
 from rabbitsocks.rpc.service import PublishService, UnknownMethod
+from tests.support.deliveries import Deliveries, record_all
 
 WAIT = 5.0
 VECTORS = Path(__file__).parent.parent / "vectors" / "goridge-broadcast-publish.txt"
-
-
-class Deliveries:
-    """Records what a broker delivers; ``wait_for(n)`` returns once ``n`` arrived."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, bytes]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, routing_key: str, body: bytes) -> None:
-        self.items.append((routing_key, body))
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[tuple[str, bytes]]:
-        async with asyncio.timeout(WAIT):
-            while len(self.items) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.items
 
 
 class RawPeer:
@@ -124,10 +106,7 @@ async def broker() -> AsyncIterator[MemoryBroker]:
 
 @pytest.fixture
 async def deliveries(broker: MemoryBroker) -> Deliveries:
-    recorded = Deliveries()
-    await broker.start(recorded)
-    await broker.bind("#")
-    return recorded
+    return await record_all(broker)
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
 from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.errors import BrokerUnavailable, PublishFailed, RpcError
 from rabbitsocks.rpc import HttpRpcClient, Message, Request, Response
@@ -23,81 +22,35 @@ from rabbitsocks.rpc.service import (
     RequestTooLarge,
     UnknownMethod,
 )
+from tests.support.apps import Serve, app_server
+from tests.support.brokers import StubBroker
+from tests.support.deliveries import Deliveries, record_all
 
-WAIT = 5.0
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
 
 
-class Deliveries:
-    """Records what a broker delivers; ``wait_for(n)`` returns once ``n`` arrived."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, bytes]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, routing_key: str, body: bytes) -> None:
-        self.items.append((routing_key, body))
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[tuple[str, bytes]]:
-        async with asyncio.timeout(WAIT):
-            while len(self.items) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.items
-
-
-class RefusingBroker:
+class RefusingBroker(StubBroker):
     """Stands in for RabbitMQ nacking (``nack``) or never confirming (``stall``).
 
     Neither can be provoked in ``MemoryBroker``; the integration tier covers the real one.
     """
 
     def __init__(self, name: str, mode: str) -> None:
-        self.name = name
+        super().__init__(name)
         self.mode = mode
-        self.connected = True
-
-    async def start(
-        self, on_delivery: DeliveryHandler, on_state: StateHandler | None = None
-    ) -> None:
-        pass
-
-    async def bind(self, pattern: str) -> None:
-        pass
-
-    async def unbind(self, pattern: str) -> None:
-        pass
 
     async def publish(self, topic: str, body: bytes, *, confirm: bool = True) -> None:
         if self.mode == "nack":
             raise PublishFailed("nacked")
         await asyncio.Event().wait()
 
-    async def close(self) -> None:
-        pass
-
-
-Serve = Callable[..., Awaitable[str]]
-
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     """Serve an app on 127.0.0.1, port 0; returns its base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    async with app_server() as start:
+        yield start
 
 
 @pytest.fixture
@@ -109,10 +62,7 @@ async def broker() -> AsyncIterator[MemoryBroker]:
 
 @pytest.fixture
 async def deliveries(broker: MemoryBroker) -> Deliveries:
-    recorded = Deliveries()
-    await broker.start(recorded)
-    await broker.bind("#")
-    return recorded
+    return await record_all(broker)
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import websockets
 
 from rabbitsocks import Server
 from rabbitsocks.config import Interface, parse_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.pubsub import run_cli
 
 
 @pytest.fixture
@@ -45,22 +42,7 @@ def test_rpc_bare_ports_bind_loopback_only() -> None:
 
 
 async def cli_publish(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITSOCKS_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rabbitsocks",
-        "publish",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(b"from stdin"), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli("publish", *args, input=b"from stdin")
 
 
 @pytest.mark.parametrize("via", ["http", "goridge"])

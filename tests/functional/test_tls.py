@@ -10,7 +10,6 @@ import datetime
 import ipaddress
 import json
 import ssl
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from rabbitsocks import Server
 from rabbitsocks.config import parse_config
-from tests.support.pubsub import serve_env, unique
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.pubsub import run_cli, unique
 
 
 @dataclass(frozen=True)
@@ -155,22 +152,6 @@ async def test_plain_http_on_a_tls_port_gets_nothing(tls_server: Server) -> None
         with pytest.raises(aiohttp.ClientError):
             async with session.get(f"http://127.0.0.1:{port}/socket.io/?EIO=4") as response:
                 await response.read()
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rabbitsocks",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=serve_env(),
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def tls_config(path: Path, cert: Path, key: Path) -> Path:

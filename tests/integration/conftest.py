@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,21 +18,15 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import pytest
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+from tests.support.pubsub import amqp_url as reachable_amqp_url
+
 DEFAULT_ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
 
 
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     """The AMQP URL of the test RabbitMQ; fails the test at once if nothing listens there."""
-    url = os.environ.get("RABBITSOCKS_AMQP_URL", DEFAULT_AMQP_URL)
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
-    try:
-        socket.create_connection((host, port), timeout=2.0).close()
-    except OSError as exc:
-        pytest.fail(f"RabbitMQ is not reachable at {host}:{port} ({exc}); start it first")
-    return url
+    return reachable_amqp_url()
 
 
 class RabbitAdmin:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,10 +21,10 @@ from typing import TYPE_CHECKING
 import aio_pika
 import pika
 import pytest
-from yarl import URL
 
 from rabbitsocks.brokers.amqp import AmqpBroker
 from rabbitsocks.errors import BrokerError, BrokerUnavailable, PublishFailed
+from tests.support.relay import TcpRelay
 
 if TYPE_CHECKING:
     from tests.integration.conftest import RabbitAdmin
@@ -361,63 +360,17 @@ async def test_publish_to_a_deleted_exchange_fails_and_the_broker_carries_on(
 # -- outages -----------------------------------------------------------------------------------
 
 
-class TcpProxy:
-    """A TCP relay to RabbitMQ that a test can take down: an outage of our own, which leaves
-    RabbitMQ alone for everybody else, and an outage whose end the test decides."""
-
-    def __init__(self, target: URL) -> None:
-        self.target = target
-        with socket.socket() as probe:  # a free port, refusing until listen()
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self.url = str(target.with_host("127.0.0.1").with_port(self.port))
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def listen(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    def refuse(self) -> None:
-        """Stop accepting connections; those already relayed carry on."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    def cut(self) -> None:
-        """Drop every relayed connection at once, as a dead network would (no Close)."""
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self.target.host or "127.0.0.1", self.target.port or 5672
-        up_reader, up_writer = await asyncio.open_connection(host, port)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except Exception:
-                pass
-            finally:
-                dst.transport.abort()
-                self._writers.discard(dst)
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 @pytest.fixture
-async def rabbitmq_proxy(amqp_url: str) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(URL(amqp_url))
-    yield proxy
-    proxy.refuse()
-    proxy.cut()
+async def rabbitmq_proxy(amqp_url: str) -> AsyncIterator[TcpRelay]:
+    """A relay to RabbitMQ that a test can take down, refusing until ``listen()``."""
+    relay = TcpRelay(amqp_url)
+    yield relay
+    relay.down()
 
 
 async def test_down_at_start_then_up_then_network_cut(
     make_broker: BrokerFactory,
-    rabbitmq_proxy: TcpProxy,
+    rabbitmq_proxy: TcpRelay,
     amqp_url: str,
     prefix: str,
     caplog: pytest.LogCaptureFixture,
@@ -461,7 +414,7 @@ async def test_down_at_start_then_up_then_network_cut(
 
 async def test_force_closed_connection_recovers_and_replays_bindings(
     make_broker: BrokerFactory,
-    rabbitmq_proxy: TcpProxy,
+    rabbitmq_proxy: TcpRelay,
     amqp_url: str,
     rabbitmq_admin: RabbitAdmin,
     prefix: str,

@@ -6,7 +6,6 @@ confirming; Publish must turn that into an error, never ``ok=true``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -21,30 +20,12 @@ from rabbitsocks.rpc import GoridgeClient, HttpRpcClient, Message, Request, Resp
 from rabbitsocks.rpc.goridge_server import GoridgeServer, start_goridge_server
 from rabbitsocks.rpc.http import make_rpc_app
 from rabbitsocks.rpc.service import PublishService
+from tests.support.deliveries import Deliveries
 
 pytestmark = pytest.mark.rabbitmq
 
 AMQP_URL = os.environ.get("RABBITSOCKS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 WAIT = 10.0
-
-
-class Deliveries:
-    """Records what a broker delivers; ``wait_for(n)`` returns once ``n`` arrived."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, bytes]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, routing_key: str, body: bytes) -> None:
-        self.items.append((routing_key, body))
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[tuple[str, bytes]]:
-        async with asyncio.timeout(WAIT):
-            while len(self.items) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.items
 
 
 class Transports:
@@ -80,7 +61,7 @@ async def serve(broker: AmqpBroker) -> AsyncIterator[Transports]:
 
 @pytest.fixture
 def deliveries() -> Deliveries:
-    return Deliveries()
+    return Deliveries(WAIT)
 
 
 @pytest.fixture

@@ -15,16 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.pubsub import AmqpPublisher, amqp_url, unique
+from tests.support.pubsub import AmqpPublisher, amqp_url, free_port, unique
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def free_port_pair() -> int:

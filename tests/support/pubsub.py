@@ -439,6 +439,38 @@ def serve_env(**extra: str) -> dict[str, str]:
     return environ
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (nothing listens there now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def run_cli(
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, str, str]:
+    """``python -m rabbitsocks ARGS`` run to its end, with ``input`` on its stdin (else ours)
+    and ``env`` (else ``serve_env()``): its exit status, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rabbitsocks",
+        *args,
+        stdin=None if input is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=serve_env() if env is None else env,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(input), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 class ServeProcess:
     """``python -m rabbitsocks serve``, its stderr drained in the background (a full pipe
     would block the server) and searched for lines."""

@@ -1,17 +1,16 @@
 """A TCP relay to RabbitMQ that a test can cut: an outage of the test's own, which leaves
 RabbitMQ alone for every other test running against it, and ends when the test says.
-
-(The same idea as ``TcpProxy`` in tests/integration/test_amqp_broker.py, shared here.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 from yarl import URL
+
+from tests.support.pubsub import free_port
 
 __all__ = ["TcpRelay", "tcp_relay"]
 
@@ -21,9 +20,7 @@ class TcpRelay:
 
     def __init__(self, target: str) -> None:
         self.target = URL(target)
-        with socket.socket() as probe:  # a free port, refusing until listen()
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+        self.port = free_port()  # refusing until listen()
         self.url = str(self.target.with_host("127.0.0.1").with_port(self.port))
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 
-from rabbitsocks.brokers.base import Broker, DeliveryHandler, StateHandler
+from rabbitsocks.brokers.base import Broker
 from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.errors import (
     BrokerUnavailable,
@@ -36,51 +36,22 @@ from rabbitsocks.rpc.service import (
     encode_response,
     error_kind,
 )
+from tests.support.brokers import StubBroker
+from tests.support.deliveries import Deliveries, record_all
 
 WAIT = 5.0
 
 
-class Deliveries:
-    """Records what a broker delivers; ``wait_for(n)`` returns once ``n`` arrived."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, bytes]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, routing_key: str, body: bytes) -> None:
-        self.items.append((routing_key, body))
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[tuple[str, bytes]]:
-        async with asyncio.timeout(WAIT):
-            while len(self.items) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.items
-
-
-class ScriptedBroker:
+class ScriptedBroker(StubBroker):
     """A broker whose publishes stall (until released) or fail, as told."""
 
     def __init__(self, name: str = "scripted") -> None:
-        self.name = name
-        self.connected = True
+        super().__init__(name)
         self.release = asyncio.Event()
         self.stall = False
         self.fail_on: set[str] = set()
         self.published: list[str] = []
         self.started = asyncio.Event()
-
-    async def start(
-        self, on_delivery: DeliveryHandler, on_state: StateHandler | None = None
-    ) -> None:
-        pass
-
-    async def bind(self, pattern: str) -> None:
-        pass
-
-    async def unbind(self, pattern: str) -> None:
-        pass
 
     async def publish(self, topic: str, body: bytes, *, confirm: bool = True) -> None:
         self.started.set()
@@ -89,9 +60,6 @@ class ScriptedBroker:
         if topic in self.fail_on:
             raise PublishFailed("nacked by the broker")
         self.published.append(topic)
-
-    async def close(self) -> None:
-        pass
 
 
 def request(*messages: Message) -> Request:
@@ -109,10 +77,7 @@ async def memory() -> MemoryBroker:
 
 @pytest.fixture
 async def deliveries(memory: MemoryBroker) -> Deliveries:
-    recorded = Deliveries()
-    await memory.start(recorded)
-    await memory.bind("#")
-    return recorded
+    return await record_all(memory)
 
 
 async def test_scripted_broker_is_a_broker() -> None:
