@@ -291,7 +291,9 @@ async def test_topics_with_nul_bytes_or_over_255_bytes_are_refused(
 async def test_binary_frames_are_read_as_utf8_commands(rs: PubSubListener, watch: Watch) -> None:
     raw = await RawWebSocket.connect(rs.port)
     try:
-        garbage = [os.urandom(n) for n in (1, 7, 125, 126, 65_535, 65_536, 500_000)]
+        # Random bytes after a control character, which starts no JSON document (a lone
+        # random byte could be a digit: a valid JSON number).
+        garbage = [b"\x01" + os.urandom(n - 1) for n in (1, 7, 125, 126, 65_535, 65_536, 500_000)]
         for blob in garbage:
             await raw.send_frame(OP_BINARY, blob)
             await watch.tick()
