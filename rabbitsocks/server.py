@@ -38,7 +38,6 @@ from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports.batching import WriteBatcher
-from rabbitsocks.transports.gate import make_gate
 from rabbitsocks.transports.socketio import SocketIOEndpoint
 from rabbitsocks.transports.websocket import WebSocketEndpoint
 
@@ -87,7 +86,6 @@ class Listener:
         self._sockets: list[socket.socket] = []
         # Our own application, or the one we are mounted in (see ``mount``).
         self.app = web.Application() if app is None else app
-        self.app.middlewares.append(make_gate(self))
         self.websocket = WebSocketEndpoint(self)
         self.websocket.add_routes(self.app)
         self.socketio: SocketIOEndpoint | None = None

@@ -1,7 +1,7 @@
 """The gate every handshake passes before a transport sees it: origin, limits, authorization.
 
-It is an aiohttp middleware on each listener's application, so bare WebSocket
-(``/websocket/...``) and Socket.IO (a new Engine.IO session on ``/socket.io/``) get the same
+Both transports call ``admit`` first thing, so bare WebSocket (``/websocket/...``) and
+Socket.IO (a request opening a new Engine.IO session on ``/socket.io/``) get the same
 checks, in this order, before any callback runs:
 
 1. ``Origin`` not on the listener's allow-list: 403.
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from rabbitsocks.auth import AuthDenied, ConnectRequest
 from rabbitsocks.connection import ConnectionInfo, new_connection_id
@@ -32,10 +30,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIMS",
     "CONNECT_REQUEST",
+    "admit",
     "connect_request",
     "connection_info",
-    "handshake_transport",
-    "make_gate",
+    "refuse_engineio_request",
 ]
 
 logger = logging.getLogger("rabbitsocks.gate")
@@ -43,19 +41,6 @@ logger = logging.getLogger("rabbitsocks.gate")
 #: Where the gate leaves its findings on the aiohttp request, for the transports.
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("rabbitsocks.claims")
 CONNECT_REQUEST: web.RequestKey[ConnectRequest] = web.RequestKey("rabbitsocks.connect")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def handshake_transport(request: web.Request) -> str | None:
-    """``"websocket"`` or ``"socketio"`` for a request that opens a connection, else None."""
-    path = request.path
-    if path == "/websocket" or path.startswith("/websocket/"):
-        return "websocket"
-    if path.startswith("/socket.io/") and request.method == "GET" and "sid" not in request.query:
-        return "socketio"
-    return None
-
 
 def connect_request(request: web.Request, transport: str) -> ConnectRequest:
     """What authorization hooks and callbacks see of a handshake request."""
@@ -92,7 +77,7 @@ def _refuse(status: int, reason: str, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, text=f"{reason}\n", headers=headers)
 
 
-def _engineio_request(listener: Listener, request: web.Request) -> web.Response | None:
+def refuse_engineio_request(listener: Listener, request: web.Request) -> web.Response | None:
     """Requests of an admitted Engine.IO session: bound what python-engineio would not."""
     limit = listener.config.socketio.max_frame_size
     if request.method == "POST" and (request.content_length or 0) > limit:
@@ -102,52 +87,44 @@ def _engineio_request(listener: Listener, request: web.Request) -> web.Response 
     return None
 
 
-def make_gate(listener: Listener) -> Middleware:
+async def admit(
+    listener: Listener, request: web.Request, transport: str
+) -> web.StreamResponse | None:
+    """Check a handshake request; the refusal to answer, or ``None`` to go on.
+
+    Called by the transports' handlers themselves rather than as an aiohttp middleware: a
+    middleware's frames would stay alive for as long as each WebSocket connection lasts
+    (nearly a kilobyte per connection).
+    """
     limits = listener.config.limits
-
-    @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        transport = handshake_transport(request)
-        if transport is None:
-            if request.path.startswith("/socket.io/") and listener.socketio is not None:
-                refusal = _engineio_request(listener, request)
-                if refusal is not None:
-                    return refusal
-            return await handler(request)
-        origin = request.headers.get("Origin")
-        if not listener.origins.allows(origin):
-            logger.info("refused %s from %s: origin %r", request.path, request.remote, origin)
-            listener.stats.errors["refused_origin"] += 1
-            return _refuse(403, f"origin {origin} is not allowed")
-        if listener.closing:
-            return _refuse(503, "server is shutting down")
-        if listener.connections >= limits.max_connections:
-            listener.stats.errors["refused_limit"] += 1
-            return _refuse(503, "too many connections", {"Retry-After": "5"})
-        remote = request.remote or ""
-        if listener.connections_from(remote) >= limits.max_connections_per_address:
-            listener.stats.errors["refused_limit"] += 1
-            return _refuse(503, "too many connections from your address", {"Retry-After": "5"})
-        authorizer = listener.authorizer
-        if authorizer is not None:
-            try:
-                async with asyncio.timeout(limits.handshake_timeout):
-                    claims = await authorizer.authorize(connect_request(request, transport))
-            except TimeoutError:
-                listener.stats.errors["refused_auth"] += 1
-                return _refuse(503, "authorization timed out")
-            except AuthDenied as denied:
-                listener.stats.errors["refused_auth"] += 1
-                logger.info(
-                    "refused %s from %s: %s %s",
-                    request.path,
-                    remote,
-                    denied.status,
-                    denied.reason,
-                )
-                return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
-            if claims is not None:
-                request[CLAIMS] = claims
-        return await handler(request)
-
-    return gate
+    origin = request.headers.get("Origin")
+    if not listener.origins.allows(origin):
+        logger.info("refused %s from %s: origin %r", request.path, request.remote, origin)
+        listener.stats.errors["refused_origin"] += 1
+        return _refuse(403, f"origin {origin} is not allowed")
+    if listener.closing:
+        return _refuse(503, "server is shutting down")
+    if listener.connections >= limits.max_connections:
+        listener.stats.errors["refused_limit"] += 1
+        return _refuse(503, "too many connections", {"Retry-After": "5"})
+    remote = request.remote or ""
+    if listener.connections_from(remote) >= limits.max_connections_per_address:
+        listener.stats.errors["refused_limit"] += 1
+        return _refuse(503, "too many connections from your address", {"Retry-After": "5"})
+    authorizer = listener.authorizer
+    if authorizer is not None:
+        try:
+            async with asyncio.timeout(limits.handshake_timeout):
+                claims = await authorizer.authorize(connect_request(request, transport))
+        except TimeoutError:
+            listener.stats.errors["refused_auth"] += 1
+            return _refuse(503, "authorization timed out")
+        except AuthDenied as denied:
+            listener.stats.errors["refused_auth"] += 1
+            logger.info(
+                "refused %s from %s: %s %s", request.path, remote, denied.status, denied.reason
+            )
+            return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
+        if claims is not None:
+            request[CLAIMS] = claims
+    return None

@@ -38,7 +38,7 @@ from rabbitsocks.connection import (
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.transports import cut_later
-from rabbitsocks.transports.gate import connection_info
+from rabbitsocks.transports.gate import admit, connection_info, refuse_engineio_request
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
@@ -130,7 +130,20 @@ class SocketIOEndpoint:
         self.server.eio.on("disconnect", self._on_eio_disconnect)
 
     def add_routes(self, app: web.Application) -> None:
-        self.server.attach(app, socketio_path="socket.io")
+        # What python-socketio's attach() does, through our handler: the gate first.
+        app.router.add_get("/socket.io/", self._handle_http)
+        app.router.add_post("/socket.io/", self._handle_http)
+
+    async def _handle_http(self, request: web.Request) -> web.StreamResponse:
+        if "sid" not in request.query:  # opens a new Engine.IO session: admit it
+            if request.method == "GET":
+                refusal = await admit(self.listener, request, "socketio")
+                if refusal is not None:
+                    return refusal
+        elif (refused := refuse_engineio_request(self.listener, request)) is not None:
+            return refused
+        response: web.StreamResponse = await self.server.handle_request(request)
+        return response
 
     async def _on_connect(
         self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None

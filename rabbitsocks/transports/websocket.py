@@ -28,7 +28,7 @@ from rabbitsocks.connection import (
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_BINARY, OP_TEXT, SharedFrame, encode_close, encode_frame
 from rabbitsocks.transports import cut_later
-from rabbitsocks.transports.gate import connection_info
+from rabbitsocks.transports.gate import admit, connection_info
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener
@@ -66,6 +66,9 @@ class WebSocketEndpoint:
         settings = listener.config.websocket
         callback = listener.callback
         path = request.match_info.get("path", "")
+        refusal = await admit(listener, request, "websocket")
+        if refusal is not None:
+            return refusal
 
         offered = offered_subprotocols(request)
         ours = callback.subprotocol
