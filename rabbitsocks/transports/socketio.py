@@ -81,12 +81,15 @@ class _EngineIOWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: ign
 
     endpoint: SocketIOEndpoint
 
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request: web.Request = environ["aiohttp.request"]
         self._sock = web.WebSocketResponse(
             max_msg_size=self.server.max_http_buffer_size, compress=False
         )
-        await self._sock.prepare(request)
+        try:
+            await self._sock.prepare(request)
+        except ConnectionError:  # the peer gave up before our 101: nothing to log
+            return web.Response(status=400, text="the handshake did not complete\n")
         self.environ = environ
         socket = self.handler.__self__  # the Engine.IO socket whose handler this is
         if request.transport is not None:
