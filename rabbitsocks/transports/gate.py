@@ -42,6 +42,7 @@ logger = logging.getLogger("rabbitsocks.gate")
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("rabbitsocks.claims")
 CONNECT_REQUEST: web.RequestKey[ConnectRequest] = web.RequestKey("rabbitsocks.connect")
 
+
 def connect_request(request: web.Request, transport: str) -> ConnectRequest:
     """What authorization hooks and callbacks see of a handshake request."""
     if CONNECT_REQUEST in request:
