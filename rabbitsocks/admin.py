@@ -21,8 +21,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rabbitsocks.logs import mask_url
-
 if TYPE_CHECKING:
     from rabbitsocks.server import Server
 
@@ -177,16 +175,11 @@ class AdminEndpoint:
 
     async def ready(self, request: web.Request) -> web.Response:
         problems = self.server.unready()
-        brokers = {
-            name: {
-                "connected": hub.connected,
-                **(
-                    {"url": mask_url(str(getattr(hub.broker, "safe_url", "")))}
-                    if getattr(hub.broker, "safe_url", None)
-                    else {}
-                ),
-            }
-            for name, hub in self.server.services.hubs.items()
-        }
+        brokers: dict[str, dict[str, Any]] = {}
+        for name, hub in self.server.services.hubs.items():
+            brokers[name] = {"connected": hub.connected}
+            url = getattr(hub.broker, "safe_url", None)  # AMQP brokers: masked already
+            if url:
+                brokers[name]["url"] = url
         body = {"ready": not problems, "problems": problems, "brokers": brokers}
         return web.json_response(body, status=200 if not problems else 503)

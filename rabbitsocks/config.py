@@ -184,13 +184,11 @@ def _parse_origins(raw: object) -> tuple[str, ...]:
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise _Invalid(f'expected a list of origins (["*"] allows any), got {_show(raw)}')
+    for entry in raw:
+        if not isinstance(entry, str):
+            raise _Invalid(f"expected each origin to be a string, got {_show(entry)}")
     try:
-        return tuple(
-            validate_origin_entry(entry)
-            if isinstance(entry, str)
-            else validate_origin_entry(repr(entry))
-            for entry in raw
-        )
+        return tuple(validate_origin_entry(entry) for entry in raw)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
 

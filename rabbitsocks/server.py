@@ -14,6 +14,7 @@ timeout, then release the sockets, then unbind and close the brokers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import socket
@@ -24,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from rabbitsocks.auth import ConnectAuthorizer, JwtVerifier, hook_from_config
-from rabbitsocks.callback import CallbackRunner, ListenerContext, resolve_callback
+from rabbitsocks.callback import (
+    CallbackRunner,
+    ListenerContext,
+    import_callback,
+    resolve_callback,
+)
 from rabbitsocks.config import (
     Config,
     Interface,
@@ -456,8 +462,6 @@ async def _make_listener(
     reuse_port: bool = False,
 ) -> Listener:
     context = ListenerContext(name=config.name, options=config.options, services=services)
-    from rabbitsocks.callback import import_callback
-
     try:
         target = import_callback(config.callback)
         runner = await resolve_callback(config.callback, target, context)
@@ -531,10 +535,6 @@ async def _api_listener(
     *,
     app: web.Application | None = None,
 ) -> Listener:
-    import dataclasses
-
-    from rabbitsocks.callback import import_callback
-
     try:
         iface = parse_interface(interface)
     except Exception as exc:
