@@ -158,8 +158,9 @@ class TlsConfig:
 class WebSocketConfig:
     """Bare WebSocket on ``/websocket/<path>``."""
 
-    #: Seconds between server pings; a peer that does not answer within half of it is
-    #: closed. 0 turns server pings off (client pings are always answered).
+    #: Interval of server pings: a connection silent for an interval is pinged, and cut if
+    #: still silent an interval later. 0 turns server pings off (client pings are always
+    #: answered).
     heartbeat: float = 20.0
     #: Largest message accepted from a client, in bytes; larger ones close with 1009.
     max_frame_size: int = 1024 * 1024

@@ -12,12 +12,23 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-__all__ = ["OP_BINARY", "OP_CLOSE", "OP_TEXT", "SharedFrame", "encode_close", "encode_frame"]
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "SharedFrame",
+    "encode_close",
+    "encode_frame",
+]
 
 # RFC 6455 section 5.2: opcodes.
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
 
 _FIN = 0x80
 _PACK_16 = struct.Struct("!BBH").pack

@@ -44,6 +44,7 @@ from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports.batching import WriteBatcher
+from rabbitsocks.transports.heartbeat import Heartbeat
 from rabbitsocks.transports.socketio import SocketIOEndpoint
 from rabbitsocks.transports.websocket import WebSocketEndpoint
 
@@ -83,6 +84,8 @@ class Listener:
         self._per_address: dict[str, int] = {}
         self.stats = ListenerStats()
         self.batcher = WriteBatcher()
+        heartbeat = config.websocket.heartbeat
+        self.heartbeat = Heartbeat(heartbeat) if heartbeat > 0 else None
         self.origins = OriginPolicy(config.origins)
         self.authorizer = _connect_authorizer(config, services, source)
         self._idle = asyncio.Event()
@@ -210,6 +213,8 @@ class Listener:
             )
         if runner is not None:
             await runner.cleanup()  # cancels what is left; their terminate still runs
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         for sock in self._sockets:
             sock.close()
         if self._owns_services:

@@ -106,6 +106,9 @@ class PublishProtocol(asyncio.Protocol):
 
 async def serve(host: str, port: int, publish_port: int) -> None:
     floor = Floor()
+    loop = asyncio.get_running_loop()
+    # The publish port first: the driver takes the WebSocket port answering as ready.
+    server = await loop.create_server(lambda: PublishProtocol(floor), host, publish_port)
     app = web.Application()
     app.router.add_get("/websocket/", floor.websocket)
     app.router.add_get("/websocket", floor.websocket)
@@ -113,8 +116,6 @@ async def serve(host: str, port: int, publish_port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: PublishProtocol(floor), host, publish_port)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

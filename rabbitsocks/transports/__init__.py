@@ -22,11 +22,13 @@ def cut_later(transport: asyncio.Transport, delay: float = ABORT_GRACE) -> None:
     of holding it (in FIN-WAIT-1) for a peer that does not read.
     """
 
-    def cut() -> None:  # a no-op for a connection that closed meanwhile
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        transport.abort()
+    asyncio.get_running_loop().call_later(delay, cut_now, transport)
 
-    asyncio.get_running_loop().call_later(delay, cut)
+
+def cut_now(transport: asyncio.Transport) -> None:
+    """Reset ``transport``'s TCP connection (a no-op for one that closed already)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()

@@ -26,8 +26,16 @@ from rabbitsocks.connection import (
     enter_connection,
 )
 from rabbitsocks.errors import ConnectionRefused
-from rabbitsocks.frames import OP_BINARY, OP_TEXT, SharedFrame, encode_close, encode_frame
-from rabbitsocks.transports import cut_later
+from rabbitsocks.frames import (
+    OP_BINARY,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    SharedFrame,
+    encode_close,
+    encode_frame,
+)
+from rabbitsocks.transports import cut_later, cut_now
 from rabbitsocks.transports.gate import admit, connection_info
 
 if TYPE_CHECKING:
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["WebSocketEndpoint"]
 
 logger = logging.getLogger("rabbitsocks.websocket")
+
+_PING = encode_frame(b"", OP_PING)
 
 #: Seconds a peer has to answer our close frame (RFC 6455 section 7.1.1) before we drop it.
 CLOSE_TIMEOUT = 5.0
@@ -79,9 +89,14 @@ class WebSocketEndpoint:
                 text=f"unsupported subprotocol: offered {', '.join(offered)}; "
                 f"this endpoint speaks {expected}\n",
             )
+        # Uncompressed, frames are written straight to the socket and pings come from the
+        # listener's ``Heartbeat`` (one timer for all connections), which needs to see
+        # pings and pongs: aiohttp answers neither itself then (autoping off).
+        raw = not settings.compress
         ws = web.WebSocketResponse(
             protocols=(ours,) if offered and ours else (),
-            heartbeat=settings.heartbeat or None,
+            heartbeat=None if raw else settings.heartbeat or None,
+            autoping=not raw,
             max_msg_size=settings.max_frame_size,
             compress=settings.compress,
             timeout=CLOSE_TIMEOUT,
@@ -108,11 +123,17 @@ class WebSocketEndpoint:
         try:
             await ws.prepare(request)
             await conn.run_open()
+            transport.start_heartbeat()
             while not conn.closing:
                 msg = await ws.receive()
+                transport.seen = True
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     await conn.handle(msg.data)
+                elif kind is WSMsgType.PING:
+                    transport.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    pass  # seen: the peer is alive
                 elif kind is WSMsgType.ERROR:
                     # Too big (1009), invalid UTF-8 (1007), a protocol error (1002):
                     # aiohttp has already sent the close frame with that code.
@@ -140,9 +161,12 @@ class WebSocketTransport:
 
     __slots__ = (
         "_batcher",
+        "_heartbeat",
+        "_heartbeat_group",
         "_max_bytes",
         "_max_frames",
         "_pending",
+        "_pinged",
         "_queue",
         "_queued_bytes",
         "_sender",
@@ -150,6 +174,7 @@ class WebSocketTransport:
         "_ws",
         "connection",
         "pending_close",
+        "seen",
     )
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, listener: Listener):
@@ -169,6 +194,11 @@ class WebSocketTransport:
         self._sender: asyncio.Task[None] | None = None
         self.connection: Connection | None = None
         self.pending_close: asyncio.Task[Any] | None = None
+        # Server pings (see ``transports.heartbeat``): any frame received sets ``seen``.
+        self._heartbeat = listener.heartbeat if self._transport is not None else None
+        self._heartbeat_group = -1
+        self.seen = False
+        self._pinged = False
 
     # --- the fast path: frames encoded here, written synchronously ---------------------
 
@@ -262,7 +292,41 @@ class WebSocketTransport:
             transport.close()  # flushes the buffer, then closes; the reader sees EOF
             cut_later(transport)
 
+    # --- server pings ------------------------------------------------------------------
+
+    def start_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat_group = self._heartbeat.add(self)
+
+    def heartbeat(self) -> None:
+        """Visited by the listener's ``Heartbeat`` once per interval."""
+        if self.seen:
+            self.seen = self._pinged = False
+        elif not self._pinged:
+            self._pinged = True
+            self._write_raw(_PING)
+        else:  # pinged an interval ago, not a frame since: a dead peer or a dead network
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                info = self.connection.info.id if self.connection is not None else "?"
+                logger.info("closing %s: no answer to a ping in %gs", info, self._interval())
+                cut_now(transport)
+            self._stop_heartbeat()
+
+    def _interval(self) -> float:
+        return self._heartbeat.interval if self._heartbeat is not None else 0.0
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat_group >= 0:
+            self._heartbeat.discard(self, self._heartbeat_group)
+            self._heartbeat_group = -1
+
+    def pong(self, data: bytes) -> None:
+        """Answer a client's ping (RFC 6455 section 5.5.3)."""
+        self._write_raw(encode_frame(data, OP_PONG))
+
     def finish(self) -> None:
+        self._stop_heartbeat()
         self._pending = None
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()

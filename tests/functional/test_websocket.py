@@ -101,6 +101,27 @@ async def test_server_pings_and_drops_a_dead_peer() -> None:
         await handle.stop()
 
 
+async def test_a_peer_answering_pings_is_kept() -> None:
+    # Pings come from one timer per listener; a peer that answers each one stays, however
+    # many intervals go by (one unanswered ping is enough to be dropped, see above).
+    recorder = Recorder()
+    handle = await start_listener("127.0.0.1:0", recorder, websocket=WebSocketConfig(heartbeat=0.2))
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(ws_url(handle), autoping=False)
+            for _ in range(4):
+                msg = await ws.receive(timeout=5)
+                assert msg.type is aiohttp.WSMsgType.PING
+                await ws.pong(msg.data)
+            await ws.send_str("still here")
+            echoed = await ws.receive(timeout=5)
+            assert (echoed.type, echoed.data) == (aiohttp.WSMsgType.TEXT, "still here")
+            assert recorder.terminated == []
+            await ws.close()
+    finally:
+        await handle.stop()
+
+
 async def test_init_refusal_gives_its_status_and_reason() -> None:
     recorder = Recorder(refuse=ConnectionRefused("no entry for you", status=401))
     handle = await start_listener("127.0.0.1:0", recorder)
