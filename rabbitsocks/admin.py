@@ -7,24 +7,84 @@
                   connected, else 503 with the reasons: for load balancers and readiness.
 
 Metrics are read from the plain counters the server keeps (``stats``, the hubs, the RPC
-service) when they are scraped; nothing on the hot path touches prometheus-client.
+service, ``GcPauses``) when they are scraped; nothing on the hot path touches
+prometheus-client.
 """
 
 from __future__ import annotations
 
+import bisect
+import gc
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Server
 
-__all__ = ["AdminEndpoint", "ServerCollector"]
+__all__ = ["AdminEndpoint", "GcPauses", "ServerCollector"]
+
+
+class GcPauses(Collector):
+    """How long Python's cycle collector stops the event loop, by generation.
+
+    A full (generation 2) collection scans every tracked object, some 65 per connection:
+    tens of milliseconds per thousand connections, during which no frame goes out. This
+    is where the latency tail of a busy process comes from; see docs/performance.md.
+    """
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+    def __init__(self) -> None:
+        self._counts = [[0] * (len(self.BUCKETS) + 1) for _ in range(3)]
+        self._sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def install(self) -> None:
+        gc.callbacks.append(self._observe)
+
+    def uninstall(self) -> None:
+        if self._observe in gc.callbacks:
+            gc.callbacks.remove(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        generation = min(info.get("generation", 2), 2)
+        self._sums[generation] += took
+        self._counts[generation][bisect.bisect_left(self.BUCKETS, took)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        pauses = HistogramMetricFamily(
+            "rabbitsocks_gc_pause_seconds",
+            "Pauses of Python's cycle collector (the event loop stands still), by generation.",
+            labels=["generation"],
+        )
+        for generation, counts in enumerate(self._counts):
+            buckets: list[tuple[str, float]] = []
+            total = 0
+            for bound, count in zip((*self.BUCKETS, float("inf")), counts, strict=True):
+                total += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+            pauses.add_metric([str(generation)], buckets, self._sums[generation])
+        yield pauses
+        yield GaugeMetricFamily(
+            "rabbitsocks_gc_frozen_objects",
+            "Objects moved out of the collector's sight at start-up (gc.freeze).",
+            value=gc.get_freeze_count(),
+        )
 
 
 class ServerCollector(Collector):
@@ -151,6 +211,9 @@ class AdminEndpoint:
         self.server = server
         self.registry = CollectorRegistry()
         self.registry.register(ServerCollector(server))
+        self.gc_pauses = GcPauses()
+        self.registry.register(self.gc_pauses)
+        self.gc_pauses.install()
         self.publish_latency = Histogram(
             "rabbitsocks_rpc_publish_seconds",
             "Time to answer an RPC Publish, the broker's confirms included.",

@@ -456,6 +456,8 @@ class Server:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
+        if self.admin is not None:
+            self.admin.gc_pauses.uninstall()
 
 
 async def _make_listener(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -55,6 +56,30 @@ async def test_health_and_ready(server: Server) -> None:
     status, body = await get(server.admin_url + "ready")
     assert status == 200
     assert json.loads(body)["ready"] is True
+
+
+async def test_gc_pauses_are_measured(server: Server) -> None:
+    assert server.admin_url is not None
+    _, before = await get(server.admin_url + "metrics")
+    full = 'rabbitsocks_gc_pause_seconds_count{generation="2"}'
+    collected = metric(before, full)
+    gc.collect()  # a full collection, in this process: the server's
+    _, after = await get(server.admin_url + "metrics")
+    assert metric(after, full) >= collected + 1
+    assert metric(after, 'rabbitsocks_gc_pause_seconds_sum{generation="2"}') > 0
+    assert metric(after, 'rabbitsocks_gc_pause_seconds_bucket{generation="2",le="+Inf"}') == (
+        metric(after, full)
+    )
+
+
+async def test_gc_callback_goes_with_the_server() -> None:
+    config = parse_config({"listeners": [{"interface": "127.0.0.1:0"}], "admin": 0}, environ={})
+    srv = Server(config)
+    callbacks = len(gc.callbacks)
+    await srv.start()
+    assert len(gc.callbacks) == callbacks + 1
+    await srv.stop()
+    assert len(gc.callbacks) == callbacks
 
 
 async def test_metrics_count_what_happened(server: Server) -> None:

@@ -84,16 +84,22 @@ async def test_two_workers_share_the_port_and_deliver_once(tmp_path: Path) -> No
                 await ws.send_json({"command": "join", "topics": [topic]})
                 assert (await ws.receive_json(timeout=5))["topic"] == "@join"
                 clients.append(ws)
+            metrics = [await scrape(f"http://127.0.0.1:{admin + i}/metrics") for i in range(2)]
             per_worker = [
                 re.search(
                     r'rabbitsocks_connections\{listener="[^"]+",transport="websocket"\} (\S+)',
-                    await scrape(f"http://127.0.0.1:{admin + i}/metrics"),
+                    text,
                 )
-                for i in range(2)
+                for text in metrics
             ]
             counts = [float(m.group(1)) for m in per_worker if m]
             assert sum(counts) == 24
             assert all(c > 0 for c in counts), counts
+            # Each worker froze what it started with: out of every later full collection.
+            for text in metrics:
+                frozen = re.search(r"^rabbitsocks_gc_frozen_objects (\S+)$", text, re.M)
+                assert frozen is not None
+                assert float(frozen.group(1)) > 10_000
             publisher = await AmqpPublisher.open(url)
             try:
                 await publisher.publish(topic, b"to all")
