@@ -187,8 +187,10 @@ class WebSocketTransport:
         self._max_bytes = limits.max_outbound_bytes
         self._max_frames = limits.max_outbound_frames
         self._batcher = listener.batcher
-        # Frames of this turn of the event loop, written together by ``flush``.
-        self._pending: list[bytes] | None = None
+        # Frames of this turn of the event loop, written together by ``flush``: the first
+        # one alone (most turns carry one message, and bytes are not tracked by the cycle
+        # collector, where a list per socket per message would be), a list from the second.
+        self._pending: bytes | list[bytes] | None = None
         self._queue: collections.deque[str | bytes] | None = None
         self._queued_bytes = 0
         self._sender: asyncio.Task[None] | None = None
@@ -205,7 +207,10 @@ class WebSocketTransport:
     def _write_raw(self, data: bytes) -> bool:
         pending = self._pending
         if pending is not None:  # not the first frame of this turn
-            pending.append(data)
+            if isinstance(pending, bytes):
+                self._pending = [pending, data]
+            else:
+                pending.append(data)
             return True
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -215,7 +220,7 @@ class WebSocketTransport:
         # that keeps up, and the buffer never exceeds the limit by more than one turn.
         if transport.get_write_buffer_size() > self._max_bytes:
             return False
-        self._pending = [data]
+        self._pending = data
         self._batcher.add(self)
         return True
 
@@ -223,7 +228,7 @@ class WebSocketTransport:
         pending, self._pending = self._pending, None
         transport = self._transport
         if pending and transport is not None and not transport.is_closing():
-            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            transport.write(pending if isinstance(pending, bytes) else b"".join(pending))
 
     def write(self, frame: str | bytes) -> bool:
         if self._transport is not None:
