@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench import private_broker
+from bench import private_broker, sendfloor
 from bench.loadgen import node_available
 from bench.private_broker import PrivateBroker
 from bench.report import render
@@ -232,6 +232,9 @@ async def _run(
     if isinstance(environment.get("rabbitmq"), dict):
         broker_pid = int(environment["rabbitmq"]["os_pid"])
     print(f"bench: {len(scenarios)} scenario(s) x {len(targets)} target(s); results in {run_dir}")
+    # The machine's own floor for the latency phase (bench/sendfloor.py), before any load.
+    environment["send_floor"] = await asyncio.to_thread(sendfloor.measure, 1000)
+    print(f"bench: {sendfloor.describe(environment['send_floor'])}")
     started = time.monotonic()
     report: dict[str, Any] = {
         "started": stamp,
