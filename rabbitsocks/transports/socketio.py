@@ -299,7 +299,17 @@ class _Encoded:
 class SocketIOTransport:
     """The ``Transport`` of one Socket.IO namespace connection."""
 
-    __slots__ = ("_closing", "_eio_sid", "_endpoint", "_max_frames", "_namespace", "_sid")
+    __slots__ = (
+        "_batcher",
+        "_closing",
+        "_eio_sid",
+        "_endpoint",
+        "_max_frames",
+        "_namespace",
+        "_pending",
+        "_sid",
+        "_tcp",
+    )
 
     def __init__(self, endpoint: SocketIOEndpoint, sid: str, eio_sid: str, namespace: str):
         self._endpoint = endpoint
@@ -307,7 +317,12 @@ class SocketIOTransport:
         self._eio_sid = eio_sid
         self._namespace = namespace
         self._max_frames = endpoint.listener.config.limits.max_outbound_frames
+        self._batcher = endpoint.listener.batcher
         self._closing = False
+        # Frames of this turn of the event loop, written together by ``flush`` (as on bare
+        # WebSocket: the first alone, a list from the second), and the TCP transport.
+        self._pending: bytes | list[bytes] | None = None
+        self._tcp: asyncio.Transport | None = None
 
     def _put(self, encoded: _Encoded) -> bool:
         socket = self._endpoint.server.eio.sockets.get(self._eio_sid)
@@ -315,10 +330,21 @@ class SocketIOTransport:
             return True  # going away; the disconnect handler terminates the connection
         queue = socket.queue
         packet = encoded.packet
-        if socket.upgraded and not socket.upgrading and not queue.qsize():
+        pending = self._pending
+        if pending is not None:  # frames of this turn are waiting: this one goes after them
+            if isinstance(packet, str):
+                frame = encoded.websocket()
+                if isinstance(pending, bytes):
+                    self._pending = [pending, frame]
+                else:
+                    pending.append(frame)
+                return True
+            self.flush()  # a binary event goes through the queue: what waits goes first
+        elif socket.upgraded and not socket.upgrading and not queue.qsize():
             # The fast path: Engine.IO's writer task is idle (its queue is empty) and
             # nothing it wrote is still buffered, so this frame is next in line. Write it,
-            # pre-encoded, without waking a task per socket.
+            # pre-encoded, at the end of this turn with the others for this socket, without
+            # waking a task per socket.
             tcp = self._endpoint.websocket_of(self._eio_sid)
             if (
                 tcp is not None
@@ -326,7 +352,9 @@ class SocketIOTransport:
                 and not tcp.is_closing()
                 and not tcp.get_write_buffer_size()
             ):
-                tcp.write(encoded.websocket())
+                self._tcp = tcp
+                self._pending = encoded.websocket()
+                self._batcher.add(self)
                 return True
         if queue.qsize() >= self._max_frames:  # judged before adding, like bare WebSocket
             return False
@@ -336,6 +364,12 @@ class SocketIOTransport:
         else:
             queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=packet))
         return True
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        tcp = self._tcp
+        if pending and tcp is not None and not tcp.is_closing():
+            tcp.write(pending if isinstance(pending, bytes) else b"".join(pending))
 
     def _encode(self, frame: str | bytes) -> _Encoded:
         packet = socketio.packet.Packet(
@@ -363,4 +397,5 @@ class SocketIOTransport:
         if self._closing:
             return
         self._closing = True
+        self._pending = None  # not even this turn's frames: it is not reading
         self._endpoint.listener.spawn(self._endpoint.drop(self._eio_sid))

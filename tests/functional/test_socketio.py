@@ -221,3 +221,47 @@ async def test_fanout_keeps_order_across_the_fast_path_and_the_queue(
         await client.sio.disconnect()
         await handle.stop()
         await services.close()
+
+
+class Burst:
+    """On any frame: 50 text frames, a binary one, 50 more text frames, in one turn."""
+
+    def subprotocol_name(self) -> None:
+        return None
+
+    def init(self, path: str, options: Any) -> dict[str, Any]:
+        return {}
+
+    def open(self, writer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        state["writer"] = writer
+        return state
+
+    def handle_frame(self, frame: str | bytes, state: dict[str, Any]) -> dict[str, Any]:
+        writer = state["writer"]
+        for i in range(50):
+            writer.send(f"t{i}")
+        writer.send(b"\x00binary")
+        for i in range(50, 100):
+            writer.send(f"t{i}")
+        return state
+
+    def terminate(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["websocket", "upgrade"])
+async def test_frames_of_one_turn_keep_their_order_around_a_binary_event(mode: str) -> None:
+    # Text frames of one turn wait to be written together; a binary event goes through
+    # Engine.IO's queue, so what waits must go out before it, and what follows after it.
+    handle = await start_listener("127.0.0.1:0", Burst())
+    client = Client()
+    try:
+        await client.connect(handle, TRANSPORTS[mode])
+        await client.sio.send("go")
+        got = [await client.next() for _ in range(101)]
+        assert got == [f"t{i}" for i in range(50)] + [b"\x00binary"] + [
+            f"t{i}" for i in range(50, 100)
+        ]
+    finally:
+        await client.sio.disconnect()
+        await handle.stop()
