@@ -327,7 +327,9 @@ class WebSocketTransport:
             self._heartbeat_group = -1
 
     def pong(self, data: bytes) -> None:
-        """Answer a client's ping (RFC 6455 section 5.5.3)."""
+        """Answer a client's ping (RFC 6455 section 5.5.3). Over the outbound limit the
+        pong is skipped, which 5.5.3 allows (a peer may answer only the latest ping): a
+        ping flood from a client that does not read costs no memory."""
         self._write_raw(encode_frame(data, OP_PONG))
 
     def finish(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -11,7 +12,9 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rabbitsocks import ConnectionRefused, Listener, start_listener
-from rabbitsocks.config import WebSocketConfig
+from rabbitsocks.config import LimitsConfig, WebSocketConfig
+from tests.support.procfs import wait_until
+from tests.support.rawws import OP_PING, RawWebSocket, client_frame
 from tests.support.recorder import Recorder
 
 
@@ -118,6 +121,58 @@ async def test_a_peer_answering_pings_is_kept() -> None:
             assert (echoed.type, echoed.data) == (aiohttp.WSMsgType.TEXT, "still here")
             assert recorder.terminated == []
             await ws.close()
+    finally:
+        await handle.stop()
+
+
+class BufferGauge:
+    """On a text frame, records the server's outbound buffer for that connection."""
+
+    def __init__(self) -> None:
+        self.listener: Listener | None = None
+        self.buffered: list[int] = []
+
+    def subprotocol_name(self) -> None:
+        return None
+
+    def init(self, path: str, options: Any) -> dict[str, Any]:
+        return {}
+
+    def open(self, writer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        return state
+
+    def handle_frame(self, frame: str | bytes, state: dict[str, Any]) -> dict[str, Any]:
+        assert self.listener is not None
+        (conn,) = [c for c in self.listener._connections if c.state is state]
+        self.buffered.append(conn.transport._transport.get_write_buffer_size())  # type: ignore[attr-defined]
+        return state
+
+    def terminate(self, state: dict[str, Any]) -> None:
+        pass
+
+
+async def test_a_ping_flood_from_a_peer_that_does_not_read_stays_bounded() -> None:
+    # Every ping is answered while the peer reads; past the outbound limit pongs are
+    # skipped (RFC 6455 5.5.3 lets a peer answer only the latest ping), not buffered.
+    limit = 64 * 1024
+    gauge = BufferGauge()
+    handle = await start_listener(
+        "127.0.0.1:0", gauge, limits=LimitsConfig(max_outbound_bytes=limit)
+    )
+    gauge.listener = handle
+    try:
+        flooder = await RawWebSocket.connect(handle.port, rcvbuf=4096)
+        async with websockets.connect(ws_url(handle)) as bystander:
+            pings = client_frame(OP_PING, b"p" * 125) * 1000
+            for _ in range(30):  # 30,000 pings: 3.8 MB of pongs, more than kernel buffers
+                await flooder.send_raw(pings)
+            await flooder.send_text("after the pings")
+            await wait_until(lambda: len(gauge.buffered) == 1, 10, "the frame after the pings")
+            # The limit, and at most one turn's pongs over it (a turn reads up to 256 KiB).
+            assert gauge.buffered[0] <= limit + 256 * 1024, gauge.buffered
+            pong = await bystander.ping(b"and me?")
+            await asyncio.wait_for(pong, 5)
+        flooder.close()
     finally:
         await handle.stop()
 
