@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-__all__ = ["BatchedSink", "WriteBatcher"]
+__all__ = ["BatchedSink", "TurnBuffer", "WriteBatcher"]
 
 
 class BatchedSink(Protocol):
@@ -43,3 +43,42 @@ class WriteBatcher:
         self._scheduled = False
         for sink in pending:
             sink.flush()
+
+
+class TurnBuffer:
+    """One socket's frames of this turn, written with one ``transport.write`` at its end.
+
+    The base of both transports' fast paths. ``_tcp`` is the socket's TCP transport, set
+    by the subclass. The first frame of a turn is kept alone (most turns carry one
+    message per socket, and bytes are not tracked by the cycle collector, where a list per
+    socket per message would be); a second one makes a list.
+    """
+
+    __slots__ = ("_batcher", "_pending", "_tcp")
+
+    def __init__(self, batcher: WriteBatcher) -> None:
+        self._batcher = batcher
+        self._pending: bytes | list[bytes] | None = None
+        self._tcp: asyncio.Transport | None = None
+
+    def _join_turn(self, data: bytes) -> bool:
+        """Put ``data`` behind this turn's frames; False when none are waiting."""
+        pending = self._pending
+        if pending is None:
+            return False
+        if isinstance(pending, bytes):
+            self._pending = [pending, data]
+        else:
+            pending.append(data)
+        return True
+
+    def _open_turn(self, data: bytes) -> None:
+        """``data`` is this turn's first frame: written, with any that follow, at its end."""
+        self._pending = data
+        self._batcher.add(self)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        tcp = self._tcp
+        if pending and tcp is not None and not tcp.is_closing():
+            tcp.write(pending if isinstance(pending, bytes) else b"".join(pending))

@@ -38,6 +38,7 @@ from rabbitsocks.connection import (
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.frames import OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.transports import cut_later
+from rabbitsocks.transports.batching import TurnBuffer
 from rabbitsocks.transports.gate import admit, connection_info, refuse_engineio_request
 from rabbitsocks.transports.queues import SmallQueue
 
@@ -296,33 +297,20 @@ class _Encoded:
         return self._websocket
 
 
-class SocketIOTransport:
-    """The ``Transport`` of one Socket.IO namespace connection."""
+class SocketIOTransport(TurnBuffer):
+    """The ``Transport`` of one Socket.IO namespace connection. Its ``TurnBuffer`` writes
+    to the session's TCP transport once the session is on a WebSocket."""
 
-    __slots__ = (
-        "_batcher",
-        "_closing",
-        "_eio_sid",
-        "_endpoint",
-        "_max_frames",
-        "_namespace",
-        "_pending",
-        "_sid",
-        "_tcp",
-    )
+    __slots__ = ("_closing", "_eio_sid", "_endpoint", "_max_frames", "_namespace", "_sid")
 
     def __init__(self, endpoint: SocketIOEndpoint, sid: str, eio_sid: str, namespace: str):
+        super().__init__(endpoint.listener.batcher)
         self._endpoint = endpoint
         self._sid = sid
         self._eio_sid = eio_sid
         self._namespace = namespace
         self._max_frames = endpoint.listener.config.limits.max_outbound_frames
-        self._batcher = endpoint.listener.batcher
         self._closing = False
-        # Frames of this turn of the event loop, written together by ``flush`` (as on bare
-        # WebSocket: the first alone, a list from the second), and the TCP transport.
-        self._pending: bytes | list[bytes] | None = None
-        self._tcp: asyncio.Transport | None = None
 
     def _put(self, encoded: _Encoded) -> bool:
         socket = self._endpoint.server.eio.sockets.get(self._eio_sid)
@@ -330,14 +318,9 @@ class SocketIOTransport:
             return True  # going away; the disconnect handler terminates the connection
         queue = socket.queue
         packet = encoded.packet
-        pending = self._pending
-        if pending is not None:  # frames of this turn are waiting: this one goes after them
+        if self._pending is not None:  # frames of this turn are waiting: this one goes after
             if isinstance(packet, str):
-                frame = encoded.websocket()
-                if isinstance(pending, bytes):
-                    self._pending = [pending, frame]
-                else:
-                    pending.append(frame)
+                self._join_turn(encoded.websocket())
                 return True
             self.flush()  # a binary event goes through the queue: what waits goes first
         elif socket.upgraded and not socket.upgrading and not queue.qsize():
@@ -353,8 +336,7 @@ class SocketIOTransport:
                 and not tcp.get_write_buffer_size()
             ):
                 self._tcp = tcp
-                self._pending = encoded.websocket()
-                self._batcher.add(self)
+                self._open_turn(encoded.websocket())
                 return True
         if queue.qsize() >= self._max_frames:  # judged before adding, like bare WebSocket
             return False
@@ -364,12 +346,6 @@ class SocketIOTransport:
         else:
             queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=packet))
         return True
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, None
-        tcp = self._tcp
-        if pending and tcp is not None and not tcp.is_closing():
-            tcp.write(pending if isinstance(pending, bytes) else b"".join(pending))
 
     def _encode(self, frame: str | bytes) -> _Encoded:
         packet = socketio.packet.Packet(

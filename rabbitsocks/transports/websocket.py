@@ -36,6 +36,7 @@ from rabbitsocks.frames import (
     encode_frame,
 )
 from rabbitsocks.transports import cut_later, cut_now
+from rabbitsocks.transports.batching import TurnBuffer
 from rabbitsocks.transports.gate import admit, connection_info
 
 if TYPE_CHECKING:
@@ -156,21 +157,18 @@ class WebSocketEndpoint:
         return ws
 
 
-class WebSocketTransport:
+class WebSocketTransport(TurnBuffer):
     """The ``Transport`` of one bare WebSocket connection."""
 
     __slots__ = (
-        "_batcher",
         "_heartbeat",
         "_heartbeat_group",
         "_max_bytes",
         "_max_frames",
-        "_pending",
         "_pinged",
         "_queue",
         "_queued_bytes",
         "_sender",
-        "_transport",
         "_ws",
         "connection",
         "pending_close",
@@ -178,26 +176,22 @@ class WebSocketTransport:
     )
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, listener: Listener):
+        super().__init__(listener.batcher)
         self._ws = ws
-        # The socket's asyncio transport, written to directly on the fast path.
-        self._transport: asyncio.Transport | None = None
+        # The socket's asyncio transport, written to directly on the fast path (without
+        # compression; with it, aiohttp's writer owns the compressor).
         if not listener.config.websocket.compress:
-            self._transport = request.transport
+            self._tcp = request.transport
         limits = listener.config.limits
         self._max_bytes = limits.max_outbound_bytes
         self._max_frames = limits.max_outbound_frames
-        self._batcher = listener.batcher
-        # Frames of this turn of the event loop, written together by ``flush``: the first
-        # one alone (most turns carry one message, and bytes are not tracked by the cycle
-        # collector, where a list per socket per message would be), a list from the second.
-        self._pending: bytes | list[bytes] | None = None
         self._queue: collections.deque[str | bytes] | None = None
         self._queued_bytes = 0
         self._sender: asyncio.Task[None] | None = None
         self.connection: Connection | None = None
         self.pending_close: asyncio.Task[Any] | None = None
         # Server pings (see ``transports.heartbeat``): any frame received sets ``seen``.
-        self._heartbeat = listener.heartbeat if self._transport is not None else None
+        self._heartbeat = listener.heartbeat if self._tcp is not None else None
         self._heartbeat_group = -1
         self.seen = False
         self._pinged = False
@@ -205,14 +199,9 @@ class WebSocketTransport:
     # --- the fast path: frames encoded here, written synchronously ---------------------
 
     def _write_raw(self, data: bytes) -> bool:
-        pending = self._pending
-        if pending is not None:  # not the first frame of this turn
-            if isinstance(pending, bytes):
-                self._pending = [pending, data]
-            else:
-                pending.append(data)
+        if self._join_turn(data):  # not the first frame of this turn
             return True
-        transport = self._transport
+        transport = self._tcp
         if transport is None or transport.is_closing():
             return True  # the connection is going away; its reader will notice
         # A peer is slow when what it has not read yet is over the limit: judged before this
@@ -220,25 +209,18 @@ class WebSocketTransport:
         # that keeps up, and the buffer never exceeds the limit by more than one turn.
         if transport.get_write_buffer_size() > self._max_bytes:
             return False
-        self._pending = data
-        self._batcher.add(self)
+        self._open_turn(data)
         return True
 
-    def flush(self) -> None:
-        pending, self._pending = self._pending, None
-        transport = self._transport
-        if pending and transport is not None and not transport.is_closing():
-            transport.write(pending if isinstance(pending, bytes) else b"".join(pending))
-
     def write(self, frame: str | bytes) -> bool:
-        if self._transport is not None:
+        if self._tcp is not None:
             if isinstance(frame, str):
                 return self._write_raw(encode_frame(frame.encode("utf-8"), OP_TEXT))
             return self._write_raw(encode_frame(frame, OP_BINARY))
         return self._enqueue(frame)
 
     def write_shared(self, frame: SharedFrame) -> bool:
-        if self._transport is not None:
+        if self._tcp is not None:
             return self._write_raw(frame.websocket())
         return self._enqueue(frame.data)
 
@@ -287,7 +269,7 @@ class WebSocketTransport:
     def abort(self, code: int, reason: str) -> None:
         """Slow consumer: queue a close frame behind the backlog, then cut the connection
         if the peer has not drained it within ``transports.ABORT_GRACE`` seconds."""
-        transport = self._transport
+        transport = self._tcp
         if transport is None:
             self.close(code, reason)
             return
@@ -311,7 +293,7 @@ class WebSocketTransport:
             self._pinged = True
             self._write_raw(_PING)
         else:  # pinged an interval ago, not a frame since: a dead peer or a dead network
-            transport = self._transport
+            transport = self._tcp
             if transport is not None and not transport.is_closing():
                 info = self.connection.info.id if self.connection is not None else "?"
                 logger.info("closing %s: no answer to a ping in %gs", info, self._interval())

@@ -144,7 +144,7 @@ class BufferGauge:
     def handle_frame(self, frame: str | bytes, state: dict[str, Any]) -> dict[str, Any]:
         assert self.listener is not None
         (conn,) = [c for c in self.listener._connections if c.state is state]
-        self.buffered.append(conn.transport._transport.get_write_buffer_size())  # type: ignore[attr-defined]
+        self.buffered.append(conn.transport._tcp.get_write_buffer_size())  # type: ignore[attr-defined]
         return state
 
     def terminate(self, state: dict[str, Any]) -> None:
