@@ -13,7 +13,7 @@ import pytest
 import socketio
 
 from rabbitsocks import ConnectionRefused, Listener, start_listener
-from tests.support.recorder import Recorder
+from tests.support.recorder import Recorder, State
 
 TRANSPORTS = {
     "polling": ["polling"],
@@ -223,30 +223,18 @@ async def test_fanout_keeps_order_across_the_fast_path_and_the_queue(
         await services.close()
 
 
-class Burst:
+class Burst(Recorder):
     """On any frame: 50 text frames, a binary one, 50 more text frames, in one turn."""
 
-    def subprotocol_name(self) -> None:
-        return None
-
-    def init(self, path: str, options: Any) -> dict[str, Any]:
-        return {}
-
-    def open(self, writer: Any, state: dict[str, Any]) -> dict[str, Any]:
-        state["writer"] = writer
-        return state
-
-    def handle_frame(self, frame: str | bytes, state: dict[str, Any]) -> dict[str, Any]:
-        writer = state["writer"]
+    async def handle_frame(self, frame: str | bytes, state: State) -> State:
+        writer = state.writer
+        assert writer is not None
         for i in range(50):
             writer.send(f"t{i}")
         writer.send(b"\x00binary")
         for i in range(50, 100):
             writer.send(f"t{i}")
         return state
-
-    def terminate(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @pytest.mark.parametrize("mode", ["websocket", "upgrade"])

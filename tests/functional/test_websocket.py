@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -15,7 +14,7 @@ from rabbitsocks import ConnectionRefused, Listener, start_listener
 from rabbitsocks.config import LimitsConfig, WebSocketConfig
 from tests.support.procfs import wait_until
 from tests.support.rawws import OP_PING, RawWebSocket, client_frame
-from tests.support.recorder import Recorder
+from tests.support.recorder import Recorder, State
 
 
 @pytest.fixture
@@ -125,30 +124,19 @@ async def test_a_peer_answering_pings_is_kept() -> None:
         await handle.stop()
 
 
-class BufferGauge:
+class BufferGauge(Recorder):
     """On a text frame, records the server's outbound buffer for that connection."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.listener: Listener | None = None
         self.buffered: list[int] = []
 
-    def subprotocol_name(self) -> None:
-        return None
-
-    def init(self, path: str, options: Any) -> dict[str, Any]:
-        return {}
-
-    def open(self, writer: Any, state: dict[str, Any]) -> dict[str, Any]:
-        return state
-
-    def handle_frame(self, frame: str | bytes, state: dict[str, Any]) -> dict[str, Any]:
+    async def handle_frame(self, frame: str | bytes, state: State) -> State:
         assert self.listener is not None
         (conn,) = [c for c in self.listener._connections if c.state is state]
         self.buffered.append(conn.transport._tcp.get_write_buffer_size())  # type: ignore[attr-defined]
         return state
-
-    def terminate(self, state: dict[str, Any]) -> None:
-        pass
 
 
 async def test_a_ping_flood_from_a_peer_that_does_not_read_stays_bounded() -> None:
