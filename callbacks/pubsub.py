@@ -20,10 +20,10 @@ from rabbitsocks.auth import JoinAuthorizer, hook_from_config
 from rabbitsocks.config import HookConfig
 from rabbitsocks.connection import CLOSE_POLICY_VIOLATION
 from rabbitsocks.errors import CloseConnection, InvalidTopic, ProtocolError, UnknownBroker
-from rabbitsocks.frames import SharedFrame
-from rabbitsocks.pubsub.hub import Hub, JoinResult, Subscriber
+from rabbitsocks.pubsub.hub import Hub, JoinResult, Subscription
 from rabbitsocks.pubsub.protocol import (
     Command,
+    encode_delivery,
     encode_error,
     encode_join_failed,
     encode_joined,
@@ -64,29 +64,17 @@ class Options:
             raise ValueError("rate, burst and max_rate_violations: expected positive numbers")
 
 
-class _PlainSubscriber:
-    """Adapts a writer without ``send_shared`` (a test double, a wrapper) to the hub."""
-
-    __slots__ = ("writer",)
-
-    def __init__(self, writer: Writer) -> None:
-        self.writer = writer
-
-    def send_shared(self, frame: SharedFrame) -> None:
-        self.writer.send(frame.data)
-
-
 class Session:
-    """One connection's pub/sub state: its writer, the hubs it joined topics on, and its
-    command rate (a token bucket)."""
+    """One connection's pub/sub state: its writer, its subscription on each hub it joined
+    topics on, and its command rate (a token bucket)."""
 
-    __slots__ = ("hubs", "info", "path", "stamp", "subscriber", "tokens", "violations", "writer")
+    __slots__ = ("hubs", "info", "path", "stamp", "tokens", "violations", "writer")
 
     def __init__(self, path: str, burst: int) -> None:
         self.path = path
         self.writer: Writer | None = None
-        self.subscriber: Subscriber | None = None
-        self.hubs: dict[str, Hub] = {}
+        #: Broker name -> the hub and this connection's subscription on it.
+        self.hubs: dict[str, tuple[Hub, Subscription]] = {}
         self.info: ConnectionInfo | None = None
         self.tokens = float(burst)
         self.stamp = time.monotonic()
@@ -105,8 +93,15 @@ class Session:
         return False
 
     def topic_count(self) -> int:
-        assert self.subscriber is not None
-        return sum(len(hub.topics_of(self.subscriber)) for hub in self.hubs.values())
+        return sum(len(hub.topics_of(sub)) for hub, sub in self.hubs.values())
+
+    def subscription(self, hub: Hub) -> Subscription:
+        """This connection's subscription on ``hub``, made on first use."""
+        entry = self.hubs.get(hub.broker.name)
+        if entry is None:
+            assert self.writer is not None
+            entry = self.hubs[hub.broker.name] = (hub, hub.register(self.writer, encode_delivery))
+        return entry[1]
 
 
 class PubSub:
@@ -138,9 +133,6 @@ class PubSub:
 
     def open(self, writer: Writer, session: Session) -> Session:
         session.writer = writer
-        session.subscriber = (
-            writer if hasattr(writer, "send_shared") else _PlainSubscriber(writer)  # type: ignore[assignment]
-        )
         return session
 
     async def handle_frame(self, frame: str | bytes, session: Session) -> Session:
@@ -164,10 +156,8 @@ class PubSub:
         return session
 
     async def terminate(self, session: Session) -> None:
-        if session.subscriber is None:
-            return
-        for hub in session.hubs.values():
-            await hub.unregister(session.subscriber)
+        for hub, sub in list(session.hubs.values()):
+            await hub.unregister(sub)
 
     # --- commands -------------------------------------------------------------------------
 
@@ -189,10 +179,7 @@ class PubSub:
         # Registered before anything awaits (the authorization hook): a terminate that runs
         # meanwhile (a Socket.IO disconnect is not ordered after our frames) then unregisters
         # it, and the hub refuses the join, instead of keeping a dead connection joined.
-        assert session.subscriber is not None
-        if hub.broker.name not in session.hubs:
-            hub.register(session.subscriber)
-            session.hubs[hub.broker.name] = hub
+        sub = session.subscription(hub)
         valid = []
         for topic in command.topics:
             try:
@@ -204,7 +191,7 @@ class PubSub:
             for reason, topics in denied.items():
                 for topic in topics:
                     result.refuse(topic, reason)
-        already = hub.topics_of(session.subscriber)
+        already = hub.topics_of(sub)
         room = self.options.max_topics - session.topic_count()
         allowed = []
         for topic in valid:
@@ -216,7 +203,7 @@ class PubSub:
             else:
                 result.refuse(topic, f"too many topics (max {self.options.max_topics})")
         if allowed:
-            joined = await hub.join(session.subscriber, allowed)
+            joined = await hub.join(sub, allowed)
             result.done.extend(joined.done)
             for reason, topics in joined.refused.items():
                 result.refused.setdefault(reason, []).extend(topics)
@@ -225,9 +212,8 @@ class PubSub:
     async def _leave(self, command: Command, session: Session, writer: Writer) -> None:
         result = JoinResult()
         hub = self._hub(command, result)
-        assert session.subscriber is not None
         if hub is not None and hub.broker.name in session.hubs:
-            result = await hub.leave(session.subscriber, command.topics)
+            result = await hub.leave(session.hubs[hub.broker.name][1], command.topics)
         elif hub is not None:
             for topic in command.topics:
                 result.refuse(topic, "not joined")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rabbitsocks import ConnectionRefused, ListenerContext, Writer
+from rabbitsocks import ConnectionRefused, ListenerContext, SharedFrame, Writer
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ class ChatRoom:
         if frame.startswith("/nick "):
             member.name = frame.removeprefix("/nick ").strip() or member.name
             return member
+        line = SharedFrame(f"{member.name}: {frame}")  # encoded once for the whole room
         for writer in self.rooms[member.room]:
-            writer.send(f"{member.name}: {frame}")
+            writer.send_shared(line)
         return member
 
     def terminate(self, member: Member) -> None:

@@ -32,6 +32,7 @@ from rabbitsocks.errors import (
     RpcError,
     UnknownBroker,
 )
+from rabbitsocks.frames import SharedFrame
 
 if TYPE_CHECKING:
     from rabbitsocks.server import Listener, Server, mount, start_listener
@@ -57,6 +58,7 @@ __all__ = [
     "RpcError",
     "Server",
     "Services",
+    "SharedFrame",
     "UnknownBroker",
     "Writer",
     "__version__",

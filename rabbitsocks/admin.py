@@ -165,12 +165,9 @@ class ServerCollector(Collector):
         deliveries = CounterMetricFamily(
             "rabbitsocks_deliveries", "Frames fanned out to connections.", labels=["broker"]
         )
-        delivery_bytes = CounterMetricFamily(
-            "rabbitsocks_delivery_bytes", "Bytes fanned out to connections.", labels=["broker"]
-        )
         dropped = CounterMetricFamily(
             "rabbitsocks_messages_dropped",
-            "Messages that could not be pushed (a routing key that is not UTF-8).",
+            "Messages some subscribers' format could not carry (pubsub: a key not UTF-8).",
             labels=["broker"],
         )
         joins = CounterMetricFamily("rabbitsocks_joins", "Topics joined.", labels=["broker"])
@@ -182,11 +179,10 @@ class ServerCollector(Collector):
             bindings.add_metric([name], len(bound) if bound is not None else hub.live_topics)
             messages.add_metric([name], hub.messages_in)
             deliveries.add_metric([name], hub.deliveries_out)
-            delivery_bytes.add_metric([name], hub.delivery_bytes)
             dropped.add_metric([name], hub.dropped)
             joins.add_metric([name], hub.joins)
             leaves.add_metric([name], hub.leaves)
-        yield from (up, topics, bindings, messages, dropped, deliveries, delivery_bytes)
+        yield from (up, topics, bindings, messages, dropped, deliveries)
         yield from (joins, leaves)
 
     def _rpc(self) -> Iterator[Metric]:

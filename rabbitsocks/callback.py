@@ -3,8 +3,12 @@
 A callback module decides what a connection does. It is any object (a module of functions
 or a class instance) with these five attributes, each of which may be sync or async:
 
-``subprotocol_name() -> str | None``
-    The WebSocket subprotocol this callback speaks (RFC 6455 section 1.9), or ``None``.
+``subprotocol_name() -> str | Sequence[str] | None``
+    The WebSocket subprotocol this callback speaks (RFC 6455 section 1.9), or several, best
+    first (``["v12.stomp", "v11.stomp", "v10.stomp"]``), or ``None``. The server picks the
+    first of them that the client offers; a client that offers subprotocols but none of
+    these is refused (400); one that offers none is accepted without. The choice is in
+    ``current_connection().subprotocol``.
 ``init(path, options) -> state``
     Called before the handshake completes. Raising refuses the connection
     (``ConnectionRefused`` chooses the HTTP status; any other exception gives 403).
@@ -32,11 +36,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-from rabbitsocks.errors import CallbackLoadError
+from rabbitsocks.errors import CallbackLoadError, ConnectionRefused
+from rabbitsocks.frames import SharedFrame
 
 if TYPE_CHECKING:
     from rabbitsocks.services import Services
@@ -66,6 +71,16 @@ class Writer(Protocol):
         """
         ...
 
+    def send_shared(self, frame: SharedFrame) -> None:
+        """Queue a frame that goes to many connections (fan-out).
+
+        Make one ``SharedFrame`` per message and hand it to every recipient's writer: each
+        transport encodes it once (its WebSocket framing, its Socket.IO packet) and writes
+        the same bytes to every socket, instead of encoding once per recipient. Otherwise
+        like ``send``.
+        """
+        ...
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason`` (RFC 6455 section 7.4)."""
         ...
@@ -75,7 +90,7 @@ class Writer(Protocol):
 class Callback(Protocol):
     """The five procedures of a callback module. Each may also be a coroutine function."""
 
-    def subprotocol_name(self) -> str | None: ...
+    def subprotocol_name(self) -> str | Sequence[str] | None: ...
 
     def init(self, path: str, options: Any) -> Any: ...
 
@@ -116,29 +131,63 @@ def _adapt(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 class CallbackRunner:
     """A loaded callback with its five procedures normalised to coroutine functions.
 
-    ``subprotocol`` is read once, at start-up: it cannot change per connection.
+    ``subprotocols`` is read once, at start-up: it cannot change per connection.
     """
 
-    __slots__ = ("handle_frame", "init", "name", "open", "subprotocol", "target", "terminate")
+    __slots__ = ("handle_frame", "init", "name", "open", "subprotocols", "target", "terminate")
 
-    def __init__(self, name: str, target: Any, subprotocol: str | None) -> None:
+    def __init__(self, name: str, target: Any, subprotocols: Sequence[str] = ()) -> None:
         self.name = name
         self.target = target
-        self.subprotocol = subprotocol
+        self.subprotocols = tuple(subprotocols)
         self.init = _adapt(target.init)
         self.open = _adapt(target.open)
         self.handle_frame = _adapt(target.handle_frame)
         self.terminate = _adapt(target.terminate)
 
+    @property
+    def subprotocol(self) -> str | None:
+        """The preferred subprotocol, if any."""
+        return self.subprotocols[0] if self.subprotocols else None
+
+    def choose_subprotocol(self, offered: Sequence[str]) -> str | None:
+        """The subprotocol to answer a client that offered ``offered`` (RFC 6455 section
+        4.2.2: the server picks one of them, or none): ours in our order of preference.
+
+        ``None`` when the client offered none. Raises ``ConnectionRefused`` (400) when it
+        offered some but none of ours: answering without one would let a client that needs
+        its subprotocol speak it to a server that does not.
+        """
+        if not offered:
+            return None
+        for name in self.subprotocols:
+            if name in offered:
+                return name
+        expected = ", ".join(f"'{name}'" for name in self.subprotocols) or "none"
+        raise ConnectionRefused(
+            f"unsupported subprotocol: offered {', '.join(offered)}; this endpoint speaks "
+            f"{expected}",
+            status=400,
+        )
+
     @classmethod
     async def create(cls, name: str, target: Any) -> CallbackRunner:
         check_callback(name, target)
-        subprotocol = await _adapt(target.subprotocol_name)()
-        if subprotocol is not None and not isinstance(subprotocol, str):
-            raise CallbackLoadError(
-                f"{name}.subprotocol_name() returned {subprotocol!r}; expected a str or None"
-            )
-        return cls(name, target, subprotocol)
+        declared = await _adapt(target.subprotocol_name)()
+        if declared is None:
+            return cls(name, target)
+        if isinstance(declared, str):
+            return cls(name, target, (declared,))
+        if (
+            isinstance(declared, Sequence)
+            and declared
+            and all(isinstance(item, str) and item for item in declared)
+        ):
+            return cls(name, target, tuple(declared))
+        raise CallbackLoadError(
+            f"{name}.subprotocol_name() returned {declared!r}; expected a str, a non-empty"
+            " list of str, or None"
+        )
 
 
 def import_callback(spec: str) -> object:

@@ -109,6 +109,8 @@ class ConnectionInfo:
     claims: Mapping[str, Any] | None = None
     #: The handshake request (headers, query), as authorization hooks saw it.
     request: ConnectRequest | None = None
+    #: The WebSocket subprotocol chosen at the handshake (see ``subprotocol_name``).
+    subprotocol: str | None = None
 
 
 _current: contextvars.ContextVar[ConnectionInfo] = contextvars.ContextVar("rabbitsocks_conn")

@@ -126,7 +126,7 @@ async def _publish_amqp(
     broker = AmqpBroker(
         "amqp", url, settings.exchange if settings else "amq.topic", reconnect_max=0.5
     )
-    await broker.start(lambda key, body: None)
+    await broker.start(lambda delivery: None)
     try:
         if not broker.connected:
             raise BrokerUnavailable(f"cannot connect to RabbitMQ at {broker.safe_url}")

@@ -11,10 +11,11 @@ channels on it:
 
 * **consume**: one exclusive, auto-delete, server-named queue (it dies with the connection,
   so a crashed or ``kill -9``-ed process leaves nothing behind), consumed with ``no_ack``.
-  Deliveries go from aiormq's consumer callback straight to ``on_delivery(routing_key,
-  body)``: no ``IncomingMessage`` is built. A bridge fans out ephemeral messages, and an
-  unacknowledged message has nowhere to be redelivered once the exclusive queue is gone, so
-  acknowledgements would buy nothing but one more frame per batch.
+  Deliveries go from aiormq's consumer callback straight to ``on_delivery`` as a
+  ``Delivery`` (routing key, body, pamqp's properties object as is): no ``IncomingMessage``
+  is built. A bridge fans out ephemeral messages, and an unacknowledged message has
+  nowhere to be redelivered once the exclusive queue is gone, so acknowledgements would
+  buy nothing but one more frame per batch.
 * **control**: exchange and queue bindings (``Queue.Bind`` / ``Queue.Unbind``). It is kept
   apart from the consume channel on purpose: a channel error (a bind to an exchange deleted
   behind our back, 404) or an RPC cancelled mid-flight (aiormq then closes the channel)
@@ -68,6 +69,7 @@ import pamqp.decode
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
 from rabbitsocks.errors import BrokerError, BrokerUnavailable, PublishFailed
 from rabbitsocks.logs import mask_url
+from rabbitsocks.messages import Delivery
 
 __all__ = ["AmqpBroker", "backoff_delay"]
 
@@ -458,9 +460,17 @@ class AmqpBroker:
 
         # The hot path. aiormq runs this once per Basic.Deliver, in a task of its own.
         async def deliver(message: aiormq.abc.DeliveredMessage) -> None:
-            routing_key: str = message.delivery.routing_key  # type: ignore[union-attr, assignment]
+            method = message.delivery
+            routing_key: str = method.routing_key  # type: ignore[union-attr, assignment]
             try:
-                on_delivery(routing_key, message.body)
+                on_delivery(
+                    Delivery(
+                        routing_key,
+                        message.body,
+                        message.header.properties,
+                        method.exchange,  # type: ignore[union-attr]
+                    )
+                )
             except Exception:
                 log.exception("broker %r: on_delivery failed for %r", broker, routing_key)
 

@@ -2,10 +2,10 @@
 
 A broker is a topic router that the hub drives: it binds and unbinds AMQP topic patterns
 (``*`` one word, ``#`` zero or more words; AMQP 0-9-1 topic exchange semantics) and calls
-``on_delivery(routing_key, body)`` once per message that matches at least one of its
-bindings. Reference counting of bindings across connections belongs to the hub, not to the
-broker: the hub calls ``bind`` once when the first local connection joins a pattern and
-``unbind`` once when the last one leaves.
+``on_delivery(delivery)`` (a ``messages.Delivery``) once per message that matches at least
+one of its bindings. Reference counting of bindings across connections belongs to the hub,
+not to the broker: the hub calls ``bind`` once when the first local connection joins a
+pattern and ``unbind`` once when the last one leaves.
 
 A broker that loses its connection keeps its set of bound patterns as the source of truth
 and replays it when it reconnects, so subscribers never have to join again.
@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from rabbitsocks.messages import Delivery
+
 __all__ = ["Broker", "DeliveryHandler", "StateHandler"]
 
-#: Called on the event loop for every delivery: ``(routing_key, body)``. It must not block
-#: and must not raise; it is the start of the hot path.
-DeliveryHandler = Callable[[str, bytes], None]
+#: Called on the event loop for every delivery. It must not block and must not raise; it
+#: is the start of the hot path.
+DeliveryHandler = Callable[[Delivery], None]
 
 #: Called on the event loop when the broker connects (``True``) or loses its connection
 #: (``False``).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
 from rabbitsocks.errors import BrokerUnavailable
+from rabbitsocks.messages import Delivery
 from rabbitsocks.topics import TopicTrie
 
 __all__ = ["MemoryBroker"]
@@ -48,7 +49,7 @@ class MemoryBroker:
         # A topic exchange delivers a message once per queue, however many of the queue's
         # bindings match it (AMQP 0-9-1, 3.1.3.3): one delivery if anything matches.
         if self._patterns.matches_any(topic):
-            self._on_delivery(topic, body)
+            self._on_delivery(Delivery(topic, body))
 
     async def close(self) -> None:
         self._closed = True

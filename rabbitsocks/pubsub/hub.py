@@ -14,10 +14,11 @@ only once the broker answered the bind, so a message published after the client 
 ``@join`` reaches it.
 
 *Fan-out* (``deliver``) is sync and hot. Exact topics are a dict lookup; wildcard patterns
-are a trie walk, done only when patterns exist. The outgoing frame is encoded once per
-message into a ``SharedFrame`` and handed to each recipient's ``send_shared``, which writes
-it to the socket's buffer without a task or a coroutine. A connection joined through several
-matching patterns is in the matched set once, so it gets the message once.
+are a trie walk, done only when patterns exist. Each subscription names an ``Encoder`` (its
+callback's wire format); the message is encoded once per encoder into a ``SharedFrame``,
+not once per recipient, and handed to each recipient writer's ``send_shared``, which writes
+it to the socket's buffer without a task or a coroutine. A subscription joined through
+several matching patterns is in the matched set once, so it gets the message once.
 """
 
 from __future__ import annotations
@@ -25,25 +26,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Hashable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rabbitsocks.brokers.base import Broker
 from rabbitsocks.errors import BrokerError
 from rabbitsocks.frames import SharedFrame
-from rabbitsocks.pubsub.protocol import encode_message
+from rabbitsocks.messages import Delivery, Encoder
 from rabbitsocks.topics import TopicTrie, is_pattern
 
-__all__ = ["Hub", "JoinResult", "Subscriber"]
+__all__ = ["FanoutWriter", "Hub", "JoinResult", "Subscription"]
 
 logger = logging.getLogger("rabbitsocks.hub")
 
 
-class Subscriber(Hashable, Protocol):
-    """A connection as the hub sees it."""
+class FanoutWriter(Protocol):
+    """Where a subscription's messages go: any ``Writer`` (its ``send_shared``)."""
 
     def send_shared(self, frame: SharedFrame) -> None: ...
+
+
+class Subscription:
+    """One subscriber of the hub: a writer, and the format its messages are encoded in.
+
+    Made by ``Hub.register``; a connection usually has one, a protocol with several
+    subscriptions per connection (STOMP's ``SUBSCRIBE``) has one each. Compared by identity.
+    """
+
+    __slots__ = ("encoder", "send", "writer")
+
+    def __init__(self, writer: FanoutWriter, encoder: Encoder) -> None:
+        self.writer = writer
+        self.encoder = encoder
+        self.send = writer.send_shared  # bound once: one call per delivery on the hot path
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.writer!r}>"
 
 
 @dataclass(slots=True)
@@ -73,18 +92,17 @@ class Hub:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self._exact: dict[str, set[Subscriber]] = {}
-        self._patterns: TopicTrie[Subscriber] = TopicTrie()
-        self._joined: dict[Subscriber, set[str]] = {}
+        self._exact: dict[str, set[Subscription]] = {}
+        self._patterns: TopicTrie[Subscription] = TopicTrie()
+        self._joined: dict[Subscription, set[str]] = {}
         self._bindings: dict[str, _Binding] = {}
-        #: Messages received from the broker, frames handed to connections and their bytes
-        #: (as WebSocket frames), topics joined and left.
+        #: Messages received from the broker, frames handed to connections, topics joined
+        #: and left. (Bytes are counted by the transports, which know their framing.)
         self.messages_in = 0
         self.deliveries_out = 0
-        self.delivery_bytes = 0
         self.joins = 0
         self.leaves = 0
-        #: Messages that could not be pushed (a routing key that is not UTF-8).
+        #: Messages some subscribers' format could not carry (pubsub: a key not UTF-8).
         self.dropped = 0
         #: Set when the process shuts down: the broker's queue goes with its connection,
         #: taking every binding along, so leaving connections need not unbind one by one.
@@ -108,17 +126,22 @@ class Hub:
 
     # --- subscribers ----------------------------------------------------------------------
 
-    def register(self, sub: Subscriber) -> None:
-        """Make ``sub`` able to join. Call once, from the callback's ``open``."""
-        self._joined.setdefault(sub, set())
+    def register(self, writer: FanoutWriter, encoder: Encoder) -> Subscription:
+        """A new subscription sending to ``writer`` in ``encoder``'s format, able to join.
 
-    async def unregister(self, sub: Subscriber) -> None:
+        Undo it with ``unregister`` (a callback does so in ``terminate``).
+        """
+        sub = Subscription(writer, encoder)
+        self._joined[sub] = set()
+        return sub
+
+    async def unregister(self, sub: Subscription) -> None:
         """Leave every topic ``sub`` joined; joins still in flight are undone."""
         topics = self._joined.pop(sub, None)
         if topics:
             await self._leave_topics(sub, sorted(topics), JoinResult())
 
-    def topics_of(self, sub: Subscriber) -> frozenset[str]:
+    def topics_of(self, sub: Subscription) -> frozenset[str]:
         return frozenset(self._joined.get(sub, ()))
 
     @property
@@ -130,7 +153,7 @@ class Hub:
     def subscribers(self) -> int:
         return len(self._joined)
 
-    async def join(self, sub: Subscriber, topics: Iterable[str]) -> JoinResult:
+    async def join(self, sub: Subscription, topics: Iterable[str]) -> JoinResult:
         """Join valid ``topics``; returns once every binding is in effect on the broker.
 
         Deliveries to ``sub`` start only when every topic is done, all at once and just
@@ -169,7 +192,7 @@ class Hub:
             if binding.users == 0 and binding.count == 0 and self._bindings.get(topic) is binding:
                 del self._bindings[topic]
 
-    async def _join_one(self, sub: Subscriber, topic: str, result: JoinResult) -> None:
+    async def _join_one(self, sub: Subscription, topic: str, result: JoinResult) -> None:
         async with self._locked(topic) as binding:
             joined = self._joined.get(sub)
             if joined is None:  # unregistered while waiting for the lock
@@ -193,7 +216,7 @@ class Hub:
             joined.add(topic)  # delivered to once join() is done with every topic
             result.done.append(topic)
 
-    async def leave(self, sub: Subscriber, topics: Iterable[str]) -> JoinResult:
+    async def leave(self, sub: Subscription, topics: Iterable[str]) -> JoinResult:
         """Leave ``topics``. Leaving a topic not joined is refused with a reason."""
         result = JoinResult()
         joined = self._joined.get(sub)
@@ -211,7 +234,7 @@ class Hub:
         await self._leave_topics(sub, mine, result)
         return result
 
-    async def _leave_topics(self, sub: Subscriber, topics: list[str], result: JoinResult) -> None:
+    async def _leave_topics(self, sub: Subscription, topics: list[str], result: JoinResult) -> None:
         # Stop delivering at once, before any await: after @leave nothing more arrives.
         for topic in topics:
             if is_pattern(topic):
@@ -241,31 +264,46 @@ class Hub:
 
     # --- fan-out: the hot path --------------------------------------------------------------
 
-    def deliver(self, routing_key: str, body: bytes) -> None:
-        """Hand one broker message to every local connection whose topics match it."""
+    def deliver(self, delivery: Delivery) -> None:
+        """Hand one broker message to every local subscription whose topics match it."""
         self.messages_in += 1
-        subs: set[Subscriber] | None = self._exact.get(routing_key)
+        routing_key = delivery.routing_key
+        subs: set[Subscription] | None = self._exact.get(routing_key)
         if self._patterns:
             matched = self._patterns.match(routing_key)
             if matched:
                 subs = matched | subs if subs else matched
         if not subs:
             return
-        try:
-            frame = SharedFrame(encode_message(routing_key, body))
-        except TypeError:  # orjson: a routing key that is not UTF-8 (see brokers/amqp.py)
-            self.dropped += 1
-            logger.warning(
-                "dropped a message whose routing key is not UTF-8: %r",
-                routing_key.encode("utf-8", "surrogateescape"),
-            )
-            return
+        encoder: Encoder | None = None
+        frame: SharedFrame | None = None
         sent = 0
         for sub in subs:
+            if sub.encoder is not encoder:  # most messages have one format for everyone
+                encoder = sub.encoder
+                frame = self._encode(delivery, encoder)
+            if frame is None:
+                continue
             try:
-                sub.send_shared(frame)
+                sub.send(frame)
                 sent += 1
             except Exception:  # one broken connection must not starve the others
                 logger.exception("delivery of %r failed on one connection", routing_key)
         self.deliveries_out += sent
-        self.delivery_bytes += sent * len(frame.websocket())
+
+    def _encode(self, delivery: Delivery, encoder: Encoder) -> SharedFrame | None:
+        try:
+            frame = delivery.encoded(encoder)
+        except Exception:
+            frame = None
+            logger.exception("encoding a message to %r failed", delivery.routing_key)
+        if frame is None:
+            # A message this format cannot carry (pubsub: a routing key that is not UTF-8).
+            self.dropped += 1
+            if self.dropped == 1 or logger.isEnabledFor(logging.DEBUG):
+                logger.warning(
+                    "dropped a message to %r that a subscriber's format cannot carry"
+                    " (further ones are counted in rabbitsocks_messages_dropped)",
+                    delivery.routing_key.encode("utf-8", "surrogateescape"),
+                )
+        return frame

@@ -38,11 +38,14 @@ from typing import Literal
 import orjson
 
 from rabbitsocks.errors import ProtocolError
+from rabbitsocks.frames import SharedFrame
+from rabbitsocks.messages import Delivery
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_TOPICS_IN_COMMAND",
     "Command",
+    "encode_delivery",
     "encode_error",
     "encode_join_failed",
     "encode_joined",
@@ -212,3 +215,12 @@ def encode_message(routing_key: str, body: bytes) -> str:
         encoded = base64.b64encode(body).decode("ascii")
         return _dumps({"topic": routing_key, "payload": encoded, "encoding": "base64"}).decode()
     return _dumps({"topic": routing_key, "payload": text}).decode()
+
+
+def encode_delivery(delivery: Delivery) -> SharedFrame | None:
+    """The hub's ``Encoder`` for pubsub: a delivery as a shared ``encode_message`` frame, or
+    ``None`` for a routing key that cannot be JSON (not UTF-8, see brokers/amqp.py)."""
+    try:
+        return SharedFrame(encode_message(delivery.routing_key, delivery.body))
+    except TypeError:  # orjson refuses a str with lone surrogates
+        return None

@@ -60,7 +60,11 @@ def connect_request(request: web.Request, transport: str) -> ConnectRequest:
 
 
 def connection_info(
-    listener: Listener, request: web.Request, transport: str, path: str
+    listener: Listener,
+    request: web.Request,
+    transport: str,
+    path: str,
+    subprotocol: str | None = None,
 ) -> ConnectionInfo:
     """Who a new connection is, from the handshake request the gate admitted."""
     return ConnectionInfo(
@@ -71,6 +75,7 @@ def connection_info(
         remote=request.remote or "",
         claims=request.get(CLAIMS),
         request=connect_request(request, transport),
+        subprotocol=subprotocol,
     )
 
 

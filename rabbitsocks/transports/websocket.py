@@ -81,21 +81,16 @@ class WebSocketEndpoint:
         if refusal is not None:
             return refusal
 
-        offered = offered_subprotocols(request)
-        ours = callback.subprotocol
-        if offered and (ours is None or ours not in offered):
-            expected = f"'{ours}'" if ours else "none"
-            return web.Response(
-                status=400,
-                text=f"unsupported subprotocol: offered {', '.join(offered)}; "
-                f"this endpoint speaks {expected}\n",
-            )
+        try:
+            chosen = callback.choose_subprotocol(offered_subprotocols(request))
+        except ConnectionRefused as exc:
+            return web.Response(status=exc.status, text=f"{exc.reason}\n")
         # Uncompressed, frames are written straight to the socket and pings come from the
         # listener's ``Heartbeat`` (one timer for all connections), which needs to see
         # pings and pongs: aiohttp answers neither itself then (autoping off).
         raw = not settings.compress
         ws = web.WebSocketResponse(
-            protocols=(ours,) if offered and ours else (),
+            protocols=(chosen,) if chosen else (),
             heartbeat=None if raw else settings.heartbeat or None,
             autoping=not raw,
             max_msg_size=settings.max_frame_size,
@@ -107,7 +102,7 @@ class WebSocketEndpoint:
         if listener.closing:
             return web.Response(status=503, text="server is shutting down\n")
 
-        info = connection_info(listener, request, "websocket", path)
+        info = connection_info(listener, request, "websocket", path, chosen)
         enter_connection(info)  # this task is the connection's: it stays current
         try:
             state = await callback.init(path, listener.options)

@@ -168,7 +168,7 @@ async def test_the_shipped_page_builds_a_policy_for_its_one_script_and_style(
 @pytest.fixture
 async def rpc(serve: Serve) -> AsyncIterator[str]:
     broker = MemoryBroker()
-    await broker.start(lambda key, body: None)
+    await broker.start(lambda delivery: None)
     service = PublishService({"memory": broker}, "memory")
     app = make_rpc_app(service, token="s3cret")
     app.middlewares.append(rpc_cors_middleware({PAGE_ORIGIN}.__contains__))

@@ -14,7 +14,7 @@ from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.config import SocketIOConfig
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.pubsub.hub import Hub
-from rabbitsocks.pubsub.protocol import encode_message
+from rabbitsocks.pubsub.protocol import encode_delivery, encode_message
 from tests.support.pubsub import held_joins
 
 
@@ -58,12 +58,12 @@ async def test_hub_delivers_to_a_joiner_only_once_its_whole_join_is_done(
 ) -> None:
     broker, hub = gated
     early, late = Sink(), Sink()
-    hub.register(early)
-    hub.register(late)
+    early_sub = hub.register(early, encode_delivery)
+    late_sub = hub.register(late, encode_delivery)
     broker.gate.set()
-    await hub.join(early, ["a"])
+    await hub.join(early_sub, ["a"])
     broker.gate.clear()
-    join = asyncio.create_task(hub.join(late, ["a", "b"]))  # "a" is bound, "b" waits
+    join = asyncio.create_task(hub.join(late_sub, ["a", "b"]))  # "a" is bound, "b" waits
     await asyncio.wait_for(broker.binding.wait(), 5)
     await broker.publish("a", b"before the answer")
     broker.gate.set()
@@ -81,15 +81,15 @@ async def test_hub_forgets_a_connection_gone_while_its_join_was_in_flight(
 ) -> None:
     broker, hub = gated
     staying, going = Sink(), Sink()
-    hub.register(staying)
-    hub.register(going)
+    staying_sub = hub.register(staying, encode_delivery)
+    going_sub = hub.register(going, encode_delivery)
     broker.gate.set()
-    await hub.join(staying, ["a"])
+    await hub.join(staying_sub, ["a"])
     broker.gate.clear()
     broker.binding.clear()
-    join = asyncio.create_task(hub.join(going, ["a", "b"]))
+    join = asyncio.create_task(hub.join(going_sub, ["a", "b"]))
     await asyncio.wait_for(broker.binding.wait(), 5)  # "a" is joined, "b" is binding
-    await hub.unregister(going)
+    await hub.unregister(going_sub)
     broker.gate.set()
     result = await join
     assert result.done == ["a"]
@@ -99,7 +99,7 @@ async def test_hub_forgets_a_connection_gone_while_its_join_was_in_flight(
     assert going.frames == []
     assert staying.frames == [encode_message("a", b"x")]
     assert hub.live_topics == 1
-    assert hub.topics_of(going) == frozenset()
+    assert hub.topics_of(going_sub) == frozenset()
 
 
 async def test_a_socketio_connection_gone_while_its_join_awaits_authorization() -> None:

@@ -82,6 +82,27 @@ async def test_subprotocol_offered_but_not_ours_is_refused(listener: Listener) -
     )
 
 
+async def test_a_callback_speaking_several_subprotocols_gets_its_best_offered_one() -> None:
+    # As stomp.js offers "v10.stomp, v11.stomp, v12.stomp": the server picks by its own
+    # preference among those offered (RFC 6455 section 4.2.2), and the callback can tell.
+    handle = await start_listener("127.0.0.1:0", Recorder(subprotocol=["v12", "v11", "v10"]))
+    try:
+        async with websockets.connect(ws_url(handle), subprotocols=["v10", "v11"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == "v11"
+            await ws.send("subprotocol")
+            assert await asyncio.wait_for(ws.recv(), 5) == "v11"
+        async with websockets.connect(ws_url(handle)) as ws:
+            await ws.send("subprotocol")
+            assert await asyncio.wait_for(ws.recv(), 5) == "None"
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(ws_url(handle), subprotocols=["v13"])  # type: ignore[list-item]
+        assert b"offered v13; this endpoint speaks 'v12', 'v11', 'v10'" in (
+            refused.value.response.body or b""
+        )
+    finally:
+        await handle.stop()
+
+
 async def test_client_ping_is_answered(listener: Listener) -> None:
     async with websockets.connect(ws_url(listener)) as ws:
         pong = await ws.ping(b"are you there")

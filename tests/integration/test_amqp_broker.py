@@ -24,6 +24,7 @@ import pytest
 
 from rabbitsocks.brokers.amqp import AmqpBroker
 from rabbitsocks.errors import BrokerError, BrokerUnavailable, PublishFailed
+from rabbitsocks.messages import Delivery
 from tests.support.relay import TcpRelay
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ class Recorder:
         self.states: list[bool] = []
         self._changed = asyncio.Event()
 
-    def on_delivery(self, routing_key: str, body: bytes) -> None:
-        self.deliveries.append((routing_key, body))
+    def on_delivery(self, delivery: Delivery) -> None:
+        self.deliveries.append((delivery.routing_key, delivery.body))
         self._changed.set()
 
     def on_state(self, connected: bool) -> None:
@@ -162,10 +163,10 @@ async def test_a_failing_on_delivery_does_not_stop_the_consumer(
 ) -> None:
     recorder = Recorder()
 
-    def on_delivery(routing_key: str, body: bytes) -> None:
-        if body == b"boom":
+    def on_delivery(delivery: Delivery) -> None:
+        if delivery.body == b"boom":
             raise ValueError("boom")
-        recorder.on_delivery(routing_key, body)
+        recorder.on_delivery(delivery)
 
     broker = make_broker()
     await broker.start(on_delivery)
@@ -223,7 +224,7 @@ from rabbitsocks.brokers.amqp import AmqpBroker
 
 async def main() -> None:
     broker = AmqpBroker("killed", sys.argv[1])
-    await broker.start(lambda key, body: None)
+    await broker.start(lambda delivery: None)
     await broker.bind(sys.argv[2])
     print(broker.queue_name, flush=True)
     await asyncio.Event().wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from rabbitsocks.brokers.base import Broker
+from rabbitsocks.messages import Delivery
 
 __all__ = ["Deliveries", "record_all"]
 
@@ -20,8 +21,8 @@ class Deliveries:
         self.items: list[tuple[str, bytes]] = []
         self._changed = asyncio.Event()
 
-    def __call__(self, routing_key: str, body: bytes) -> None:
-        self.items.append((routing_key, body))
+    def __call__(self, delivery: Delivery) -> None:
+        self.items.append((delivery.routing_key, delivery.body))
         self._changed.set()
 
     async def wait_for(self, count: int) -> list[tuple[str, bytes]]:

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from rabbitsocks import CloseConnection, Writer
+from rabbitsocks import CloseConnection, Writer, current_connection
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Recorder:
     def __init__(
         self,
         *,
-        subprotocol: str | None = None,
+        subprotocol: str | list[str] | None = None,
         refuse: Exception | None = None,
         crash_in_open: bool = False,
         greet: str | None = None,
@@ -38,7 +38,7 @@ class Recorder:
         self.terminated: list[State] = []
         self.terminate_event = asyncio.Event()
 
-    def subprotocol_name(self) -> str | None:
+    def subprotocol_name(self) -> str | list[str] | None:
         return self.subprotocol
 
     async def init(self, path: str, options: Any) -> State:
@@ -69,6 +69,9 @@ class Recorder:
             return state
         if frame == "path":
             state.writer.send(state.path)
+            return state
+        if frame == "subprotocol":
+            state.writer.send(str(current_connection().subprotocol))
             return state
         state.writer.send(frame)
         return state

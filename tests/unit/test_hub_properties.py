@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.pubsub.hub import Hub
+from rabbitsocks.pubsub.protocol import encode_delivery
 from tests.unit.test_topics import keys, patterns, reference_matches
 
 SUBSCRIBERS = 3
@@ -51,11 +52,10 @@ async def _run(steps: list[tuple[int, str, list[str]]], probes: list[str], toget
     await hub.start()
     subs = [Sub(i) for i in range(SUBSCRIBERS)]
     model: list[set[str]] = [set() for _ in subs]
-    for sub in subs:
-        hub.register(sub)
+    handles = [hub.register(sub, encode_delivery) for sub in subs]
 
     async def apply(index: int, operation: str, topics: list[str]) -> None:
-        sub = subs[index]
+        sub = handles[index]
         if operation == "join":
             result = await hub.join(sub, topics)
             assert result.done == topics
@@ -67,7 +67,8 @@ async def _run(steps: list[tuple[int, str, list[str]]], probes: list[str], toget
             model[index].difference_update(topics)
         else:
             await hub.unregister(sub)
-            hub.register(sub)  # the same object comes back as a new connection
+            # The same writer comes back as a new connection.
+            handles[index] = hub.register(subs[index], encode_delivery)
             model[index].clear()
 
     if together:
@@ -88,8 +89,8 @@ async def _run(steps: list[tuple[int, str, list[str]]], probes: list[str], toget
 
     joined = set().union(*model)
     assert hub.live_topics == len(joined)
-    for index, sub in enumerate(subs):
-        assert hub.topics_of(sub) == frozenset(model[index])
+    for index, handle in enumerate(handles):
+        assert hub.topics_of(handle) == frozenset(model[index])
     for key in [*probes, *joined]:
         for sub in subs:
             sub.received.clear()
@@ -97,8 +98,8 @@ async def _run(steps: list[tuple[int, str, list[str]]], probes: list[str], toget
         for index, sub in enumerate(subs):
             wanted = any(reference_matches(pattern, key) for pattern in model[index])
             assert len(sub.received) == (1 if wanted else 0), (key, model[index])
-    for sub in subs:
-        await hub.unregister(sub)
+    for handle in handles:
+        await hub.unregister(handle)
     assert hub.live_topics == 0
     await hub.close()
 
