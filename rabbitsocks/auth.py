@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from rabbitsocks.connection import ConnectionInfo
+from rabbitsocks.connection import ConnectionInfo, ConnectRequest
 from rabbitsocks.errors import ConfigError, ConnectionRefused
 from rabbitsocks.topics import pattern_covers
 
@@ -56,38 +56,6 @@ SessionFactory = Callable[[], "aiohttp.ClientSession"]
 _DROP_HEADERS = frozenset(
     {"connection", "content-length", "transfer-encoding", "keep-alive", "content-encoding"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
-    """A connection attempt, as authorization hooks see it."""
-
-    path: str
-    transport: str
-    headers: Mapping[str, str]
-    query: Mapping[str, str]
-    remote: str
-    method: str = "GET"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "path": self.path,
-            "transport": self.transport,
-            "headers": _flatten(self.headers),
-            "query": _flatten(self.query),
-            "remote": self.remote,
-        }
-
-
-def _flatten(pairs: Mapping[str, str]) -> dict[str, str]:
-    """Plain ``str`` keys (aiohttp's are ``istr``), repeated names joined by ", "."""
-    out: dict[str, str] = {}
-    items = pairs.items()
-    for key, value in items:
-        name = str(key)
-        out[name] = f"{out[name]}, {value}" if name in out else value
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,7 +228,7 @@ async def serve(config: Config, *, worker: int = 0, workers: int = 1) -> None:
         logger.info(
             "listening on %s (WebSocket) and %s (Socket.IO), callback %s",
             ", ".join(listener.urls),
-            ", ".join(http) if listener.socketio else "-",
+            ", ".join(http) if listener.engineio else "-",
             listener.config.callback,
         )
     if server.rpc is not None:

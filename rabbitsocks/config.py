@@ -178,6 +178,15 @@ class SocketIOConfig:
     ping_timeout: float = 20.0
     #: Largest Engine.IO message or polling payload accepted from a client, in bytes.
     max_frame_size: int = 1024 * 1024
+    #: Engine.IO packets one polling request may carry.
+    max_packets_per_payload: int = 64
+    #: Transports clients may use: ``polling`` (HTTP long-polling, socket.io-client's first
+    #: step unless told otherwise) and ``websocket``. Without ``polling``, a load balancer
+    #: needs no sticky sessions (every session is one WebSocket connection).
+    transports: tuple[Literal["polling", "websocket"], ...] = ("polling", "websocket")
+    #: A cookie set on the Engine.IO handshake holding the session id, for load balancers
+    #: that stick a client to a server by cookie (``null``: none).
+    cookie: str | None = None
 
 
 def _parse_origins(raw: object) -> tuple[str, ...]:

@@ -1,19 +1,45 @@
-"""The transport-agnostic life of one connection: the callback lifecycle and its writer.
+"""The life of one connection, whatever its transport: the driver every transport shares.
 
-A transport adapter (bare WebSocket or Socket.IO) accepts a peer, calls the callback's
-``init``, then builds a ``Connection`` and drives it::
+A transport adapter (bare WebSocket, a Socket.IO namespace) only moves bytes. Once the
+gate admitted a peer and the callback's ``init`` accepted it, the adapter makes a
+``Connection`` and from then on tells it three things: a frame arrived (``received``), the
+peer can no longer be written to (``finished``), and nothing else. The ``Connection`` owns
+the rest: running the callback (``open``, ``handle_frame`` one frame at a time and in
+order, ``terminate`` exactly once), the inbound queue and its bound, the outbound bound and
+the slow-consumer policy, and the ``Writer`` the callback gets.
 
-    init ──ok──> open ──> handle_frame* ──> terminate      (exactly once, in ``finally``)
-      └─raises─> refused (no terminate)
+Theory of operation
+-------------------
+The states and what moves between them are a table (``TRANSITIONS``), in the spirit of
+h11's ``_state.py``; any other move is a bug and raises. Each transition is logged at
+debug level::
 
-The ``Connection`` is also the ``Writer`` the callback receives: ``send`` and ``close`` and
-nothing of the transport. ``send`` never blocks: the frame goes straight to the transport's
-bounded outbound buffer, and a peer whose buffer is full is closed as a slow consumer
-(4008) instead of letting memory grow or delaying anyone else.
+    OPENING --opened--> OPEN
+    OPENING, OPEN --close / peer_closed / abort--> CLOSING
+    OPENING, OPEN, CLOSING --terminated--> CLOSED
+
+``close`` is ours (the callback's ``writer.close``, an error in the callback, shutdown),
+``peer_closed`` the peer's (a close frame, a reset, a Socket.IO disconnect), ``abort`` the
+slow-consumer policy. ``terminated`` happens once the adapter says the wire is gone and
+whatever the callback was doing is done.
+
+Callbacks run in a task that exists only while there is work: it is started by the first
+frame (or ``open``, or the end) that finds the connection idle, works through the inbound
+queue, and ends when it is empty. An idle connection holds no task, no coroutine frame and
+no timer: its cost is the adapter, this object and the callback's state. ``terminate``
+runs in that task after the last ``handle_frame``, never beside it.
+
+Flow control both ways is by bound, not by waiting: a peer that sends faster than its
+frames are handled has its socket paused once ``max_inbound_frames`` wait (TCP pushes
+back); a peer that reads slower than we send is closed as a slow consumer (4008) once what
+it has not read passes ``max_outbound_bytes``, rather than letting memory grow or delaying
+anybody else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextvars
 import enum
 import itertools
@@ -22,15 +48,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from rabbitsocks.callback import CallbackRunner
 from rabbitsocks.errors import CloseConnection
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.stats import ListenerStats
-
-if TYPE_CHECKING:
-    from rabbitsocks.auth import ConnectRequest
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -38,9 +61,13 @@ __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
+    "TRANSITIONS",
+    "ConnectRequest",
     "Connection",
     "ConnectionInfo",
-    "ConnectionState",
+    "Event",
+    "Host",
+    "State",
     "Transport",
     "current_connection",
     "new_connection_id",
@@ -64,32 +91,43 @@ def new_connection_id() -> str:
     return f"{_id_prefix}-{next(_ids):x}"
 
 
-class ConnectionState(enum.Enum):
-    OPENING = "opening"  # init succeeded, open not yet returned
-    OPEN = "open"
-    CLOSING = "closing"  # a close was requested or the peer went away
-    CLOSED = "closed"  # terminate has run
+# --- who is connecting -------------------------------------------------------------------
 
 
-class Transport(Protocol):
-    """What a connection needs from its transport adapter."""
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """A connection attempt, as the gate, authorization hooks and callbacks see it."""
 
-    def write(self, frame: str | bytes) -> bool:
-        """Queue one frame for the peer without blocking. ``False``: the outbound buffer
-        is over its limits (the frame may or may not have been queued)."""
-        ...
+    path: str
+    transport: str
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    remote: str
+    method: str = "GET"
+    #: The Socket.IO namespace being connected (``"/chat"``); ``None`` for bare WebSocket.
+    namespace: str | None = None
 
-    def write_shared(self, frame: SharedFrame) -> bool:
-        """``write`` for a frame shared by many connections, using its cached encoding."""
-        ...
+    def as_json(self) -> dict[str, Any]:
+        fields = {
+            "method": self.method,
+            "path": self.path,
+            "transport": self.transport,
+            "headers": _flatten(self.headers),
+            "query": _flatten(self.query),
+            "remote": self.remote,
+        }
+        if self.namespace is not None:
+            fields["namespace"] = self.namespace
+        return fields
 
-    def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake. Idempotent."""
-        ...
 
-    def abort(self, code: int, reason: str) -> None:
-        """Close now, without waiting for a peer that no longer reads. Idempotent."""
-        ...
+def _flatten(pairs: Mapping[str, str]) -> dict[str, str]:
+    """Plain ``str`` keys (multidict's are ``istr``), repeated names joined by ", "."""
+    out: dict[str, str] = {}
+    for key, value in pairs.items():
+        name = str(key)
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +149,9 @@ class ConnectionInfo:
     request: ConnectRequest | None = None
     #: The WebSocket subprotocol chosen at the handshake (see ``subprotocol_name``).
     subprotocol: str | None = None
+    #: The network connection (TCP, or Engine.IO session) this connection rides on: several
+    #: Socket.IO namespaces share one, and limits per network connection are counted on it.
+    wire: str = ""
 
 
 _current: contextvars.ContextVar[ConnectionInfo] = contextvars.ContextVar("rabbitsocks_conn")
@@ -130,17 +171,106 @@ def reset_connection(token: contextvars.Token[ConnectionInfo]) -> None:
     _current.reset(token)
 
 
+# --- what the driver needs around it -------------------------------------------------------
+
+
+class Transport(Protocol):
+    """What a connection needs from its transport adapter. Nothing here blocks."""
+
+    def write(self, frame: str | bytes, limit: int) -> bool:
+        """Queue one frame for the peer. ``False``: the peer had more than ``limit`` bytes
+        not yet read (judged before this frame, which may or may not have been queued)."""
+        ...
+
+    def write_shared(self, frame: SharedFrame, limit: int) -> bool:
+        """``write`` for a frame shared by many connections, using its cached encoding."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake after what is queued. Idempotent."""
+        ...
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now, without waiting for a peer that no longer reads. Idempotent."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer until ``resume_reading`` (inbound flow control)."""
+        ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Host(Protocol):
+    """What a connection needs from the listener it belongs to."""
+
+    @property
+    def stats(self) -> ListenerStats: ...
+
+    @property
+    def max_outbound_bytes(self) -> int: ...
+
+    @property
+    def max_inbound_frames(self) -> int: ...
+
+    def release(self, conn: Connection) -> None:
+        """``conn`` is over (``terminate`` has run): forget it."""
+        ...
+
+
+# --- the state machine -------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    OPENING = "opening"  # init accepted it; open has not returned yet
+    OPEN = "open"
+    CLOSING = "closing"  # a close was asked for, or the peer went away
+    CLOSED = "closed"  # terminate has run
+
+
+class Event(enum.Enum):
+    OPENED = "opened"  # the callback's open returned
+    CLOSE = "close"  # we close: writer.close, an error in the callback, shutdown
+    PEER_CLOSED = "peer_closed"  # the peer closed, or the network went
+    ABORT = "abort"  # slow consumer: closed now
+    TERMINATED = "terminated"  # terminate has run
+
+
+TRANSITIONS: Mapping[tuple[State, Event], State] = {
+    (State.OPENING, Event.OPENED): State.OPEN,
+    **{
+        (state, event): State.CLOSING
+        for state in (State.OPENING, State.OPEN, State.CLOSING)
+        for event in (Event.CLOSE, Event.PEER_CLOSED, Event.ABORT)
+    },
+    (State.CLOSING, Event.OPENED): State.CLOSING,  # open returned after a close: stay
+    **{
+        (state, Event.TERMINATED): State.CLOSED
+        for state in (State.OPENING, State.OPEN, State.CLOSING)
+    },
+}
+
+
+# --- the connection ----------------------------------------------------------------------
+
+
 class Connection:
     """One connection's callback lifecycle; also the callback's ``Writer``."""
 
     __slots__ = (
-        "_closing_code",
+        "_code",
+        "_finished",
+        "_inbound",
+        "_opened",
+        "_paused",
+        "_runner",
         "_started",
         "callback",
+        "host",
         "info",
         "state",
-        "stats",
         "status",
+        "ticket",
         "transport",
     )
 
@@ -150,17 +280,25 @@ class Connection:
         transport: Transport,
         info: ConnectionInfo,
         state: Any,
-        stats: ListenerStats | None = None,
+        host: Host,
     ) -> None:
         self.callback = callback
         self.transport = transport
         self.info = info
+        #: The callback's state (what ``init`` returned, then each procedure).
         self.state = state
-        self.stats = stats if stats is not None else ListenerStats()
-        self.stats.opened[info.transport] += 1
-        self.status = ConnectionState.OPENING
-        self._closing_code: int | None = None
+        self.host = host
+        self.status = State.OPENING
+        self._code: int | None = None  # the close code, once known
+        self._inbound: collections.deque[str | bytes] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._opened = False
+        self._finished = False
+        self._paused = False
         self._started = time.monotonic()
+        #: What the host counts this connection by (the gate's slot).
+        self.ticket: object = None
+        host.stats.opened[info.transport] += 1
         logger.info(
             "open %s remote=%s transport=%s listener=%s path=/%s",
             info.id,
@@ -170,93 +308,142 @@ class Connection:
             info.path,
         )
 
+    def __repr__(self) -> str:
+        return f"<Connection {self.info.id} {self.status.value}>"
+
     @property
     def id(self) -> str:
         return self.info.id
 
     @property
     def closing(self) -> bool:
-        return self.status in (ConnectionState.CLOSING, ConnectionState.CLOSED)
+        return self.status is State.CLOSING or self.status is State.CLOSED
 
-    # --- Writer ---------------------------------------------------------------------------
+    def _move(self, event: Event) -> None:
+        old = self.status
+        try:
+            new = TRANSITIONS[old, event]
+        except KeyError:
+            raise RuntimeError(f"connection {self.info.id}: {event.value} in {old.value}") from None
+        self.status = new
+        if new is not old and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %s (%s)", self.info.id, old.value, new.value, event.value)
+
+    # --- Writer: what the callback can do ----------------------------------------------
 
     def send(self, frame: str | bytes) -> None:
-        if self.status is ConnectionState.CLOSING or self.status is ConnectionState.CLOSED:
+        if self.status is State.CLOSING or self.status is State.CLOSED:
             return
-        if not isinstance(frame, str | bytes | bytearray | memoryview):
-            raise TypeError(f"send() takes str or bytes, not {type(frame).__name__}")
-        stats = self.stats
-        stats.frames_sent += 1
-        stats.bytes_sent += len(frame)
-        if not self.transport.write(frame if isinstance(frame, str | bytes) else bytes(frame)):
+        if not isinstance(frame, str | bytes):
+            if not isinstance(frame, bytearray | memoryview):
+                raise TypeError(f"send() takes str or bytes, not {type(frame).__name__}")
+            frame = bytes(frame)
+        self.host.stats.frames_sent += 1
+        if not self.transport.write(frame, self.host.max_outbound_bytes):
             self._slow_consumer()
 
     def send_shared(self, frame: SharedFrame) -> None:
         """Send a frame encoded once for many connections (the fan-out path)."""
-        if self.status is ConnectionState.CLOSING or self.status is ConnectionState.CLOSED:
+        if self.status is State.CLOSING or self.status is State.CLOSED:
             return
-        if not self.transport.write_shared(frame):
+        if not self.transport.write_shared(frame, self.host.max_outbound_bytes):
             self._slow_consumer()
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         if self.closing:
             return
-        self.status = ConnectionState.CLOSING
-        self._closing_code = code
+        self._code = code
+        self._move(Event.CLOSE)
         self.transport.close(code, reason)
 
     def _slow_consumer(self) -> None:
         if self.closing:
             return
         logger.warning("closing %s: slow consumer (outbound buffer full)", self.info.id)
-        self.stats.slow_consumers += 1
-        self.status = ConnectionState.CLOSING
-        self._closing_code = CLOSE_SLOW_CONSUMER
+        self.host.stats.slow_consumers += 1
+        self._code = CLOSE_SLOW_CONSUMER
+        self._move(Event.ABORT)
         self.transport.abort(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     # --- driven by the transport adapter -----------------------------------------------
 
-    def peer_closed(self, code: int | None) -> None:
-        """The transport is gone (peer close, network error, server shutdown)."""
-        if self.status is not ConnectionState.CLOSED:
-            self.status = ConnectionState.CLOSING
-            if self._closing_code is None:
-                self._closing_code = code
+    def start(self) -> None:
+        """The handshake is answered: run the callback's ``open``."""
+        self._kick()
 
-    async def run_open(self) -> None:
-        """Call the callback's ``open``; an error closes this connection only."""
-        token = _current.set(self.info)
+    def received(self, frame: str | bytes) -> None:
+        """A frame from the peer: handled in order, after those before it."""
+        if self.closing:
+            return
+        self.host.stats.frames_in += 1
+        inbound = self._inbound
+        if inbound is None:
+            inbound = self._inbound = collections.deque()
+        inbound.append(frame)
+        if not self._paused and len(inbound) >= self.host.max_inbound_frames:
+            self._paused = True  # TCP pushes back on the peer until we catch up
+            self.transport.pause_reading()
+        if self._runner is None:
+            self._kick()
+
+    def peer_closed(self, code: int | None) -> None:
+        """The peer closed (or the network went) but the wire may still finish a close."""
+        if self.status is State.CLOSED:
+            return
+        if self._code is None:
+            self._code = code
+        self._move(Event.PEER_CLOSED)
+
+    def finished(self, code: int | None = None) -> None:
+        """The wire is gone: nothing more can be sent or received. ``terminate`` runs once
+        the callback is done with what it was doing."""
+        if self._finished:
+            return
+        self._finished = True
+        self.peer_closed(code)
+        if self._runner is None:
+            self._kick()
+
+    # --- the runner ----------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._runner is None and self.status is not State.CLOSED:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        _current.set(self.info)  # this task's own context: the callback's current connection
+        try:
+            if not self._opened:
+                self._opened = True
+                await self._open()
+            while inbound := self._inbound:
+                frame = inbound.popleft()
+                if not self.closing:
+                    await self._handle(frame)
+                if self._paused and len(inbound) <= self.host.max_inbound_frames // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
+            self._inbound = None
+            if self._finished and self.status is not State.CLOSED:
+                await self._terminate()
+        finally:
+            self._runner = None
+
+    async def _open(self) -> None:
         try:
             self.state = await self.callback.open(self, self.state)
         except Exception as exc:
             self._fail("open", exc)
-        else:
-            if self.status is ConnectionState.OPENING:
-                self.status = ConnectionState.OPEN
-        finally:
-            _current.reset(token)
+        self._move(Event.OPENED)
 
-    async def handle(self, frame: str | bytes) -> None:
-        """Call the callback's ``handle_frame``; an error closes this connection only."""
-        if self.closing:
-            return
-        self.stats.frames_in += 1
-        token = _current.set(self.info)
+    async def _handle(self, frame: str | bytes) -> None:
         try:
             self.state = await self.callback.handle_frame(frame, self.state)
         except Exception as exc:
             self._fail("handle_frame", exc)
-        finally:
-            _current.reset(token)
 
-    async def run_terminate(self, code: int | None = None) -> None:
-        """Call the callback's ``terminate``, once, whatever happened before."""
-        if self.status is ConnectionState.CLOSED:
-            return
-        self.peer_closed(code)
-        self.status = ConnectionState.CLOSED
-        self.stats.closed[self.info.transport] += 1
-        token = _current.set(self.info)
+    async def _terminate(self) -> None:
+        stats = self.host.stats
         try:
             await self.callback.terminate(self.state)
         except Exception:
@@ -264,7 +451,9 @@ class Connection:
                 "callback %s failed in terminate on %s", self.callback.name, self.info.id
             )
         finally:
-            _current.reset(token)
+            self._move(Event.TERMINATED)
+            stats.closed[self.info.transport] += 1
+            self.host.release(self)
         logger.info(
             "close %s remote=%s transport=%s path=/%s duration=%.3fs code=%s",
             self.info.id,
@@ -272,7 +461,7 @@ class Connection:
             self.info.transport,
             self.info.path,
             time.monotonic() - self._started,
-            self._closing_code,
+            self._code,
         )
 
     def _fail(self, where: str, exc: Exception) -> None:
@@ -280,7 +469,7 @@ class Connection:
             self.close(exc.code, exc.reason)
             return
         # Logged once, with the traceback; the peer learns only that it was our fault.
-        self.stats.errors["callback"] += 1
+        self.host.stats.errors["callback"] += 1
         logger.error(
             "callback %s failed in %s on %s: %s: %s",
             self.callback.name,

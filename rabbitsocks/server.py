@@ -19,7 +19,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -38,15 +38,17 @@ from rabbitsocks.config import (
     parse_interface,
     parse_options,
 )
-from rabbitsocks.connection import CLOSE_GOING_AWAY, Connection
+from rabbitsocks.connection import CLOSE_GOING_AWAY
 from rabbitsocks.errors import CallbackLoadError, ConfigError
 from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
-from rabbitsocks.transports.batching import WriteBatcher
-from rabbitsocks.transports.heartbeat import Heartbeat
-from rabbitsocks.transports.socketio import SocketIOEndpoint
-from rabbitsocks.transports.websocket import WebSocketEndpoint
+from rabbitsocks.transports.acceptor import Acceptor
+from rabbitsocks.transports.bare import BareWebSocket
+from rabbitsocks.transports.engineio import EngineIO
+from rabbitsocks.transports.front import Front, Upgrader
+from rabbitsocks.transports.gate import Gate
+from rabbitsocks.transports.socketio import Namespaces
 
 if TYPE_CHECKING:
     from rabbitsocks.admin import AdminEndpoint
@@ -58,7 +60,11 @@ logger = logging.getLogger("rabbitsocks.server")
 
 
 class Listener:
-    """One listening port with its callback. Also the handle ``start_listener`` returns."""
+    """One listening port with its callback. Also the handle ``start_listener`` returns.
+
+    It assembles the transports and gives them an ``Acceptor`` (never itself): the gate,
+    the callback and the limits are all a transport sees of its listener.
+    """
 
     def __init__(
         self,
@@ -76,65 +82,53 @@ class Listener:
         self.options = config.options
         self.services = services
         self.name = config.name
-        self.closing = False
         self._source = source
         self._owns_services = owns_services
         self._reuse_port = reuse_port
-        self._connections: set[Connection] = set()
-        self._per_address: dict[str, int] = {}
         self.stats = ListenerStats()
-        self.batcher = WriteBatcher()
-        heartbeat = config.websocket.heartbeat
-        self.heartbeat = Heartbeat(heartbeat) if heartbeat > 0 else None
-        self.origins = OriginPolicy(config.origins)
-        self.authorizer = _connect_authorizer(config, services, source)
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        limits = config.limits
+        self.gate = Gate(
+            origins=OriginPolicy(config.origins),
+            authorizer=_connect_authorizer(config, services, source),
+            max_connections=limits.max_connections,
+            max_connections_per_address=limits.max_connections_per_address,
+            timeout=limits.handshake_timeout,
+            stats=self.stats,
+        )
+        self.acceptor = Acceptor(
+            name=self.name,
+            callback=callback,
+            options=config.options,
+            gate=self.gate,
+            limits=limits,
+            websocket=config.websocket,
+            socketio=config.socketio,
+            stats=self.stats,
+        )
+        self._stopped = False
+        self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
+        self._front: Front | None = None
         self._sockets: list[socket.socket] = []
         # Our own application, or the one we are mounted in (see ``mount``).
         self.app = web.Application() if app is None else app
-        self.websocket = WebSocketEndpoint(self)
+        self.websocket = BareWebSocket(self.acceptor)
         self.websocket.add_routes(self.app)
-        self.socketio: SocketIOEndpoint | None = None
+        self.engineio: EngineIO | None = None
         if config.socketio.enabled:
-            self.socketio = SocketIOEndpoint(self)
-            self.socketio.add_routes(self.app)
+            acceptor = self.acceptor
+            self.engineio = EngineIO(acceptor, lambda session: Namespaces(acceptor, session))
+            self.engineio.add_routes(self.app)
 
-    # --- bookkeeping used by the transports -----------------------------------------------
-
-    def track(self, conn: Connection) -> None:
-        self._connections.add(conn)
-        remote = conn.info.remote
-        self._per_address[remote] = self._per_address.get(remote, 0) + 1
-        self._idle.clear()
-
-    def untrack(self, conn: Connection) -> None:
-        if conn not in self._connections:
-            return
-        self._connections.discard(conn)
-        remote = conn.info.remote
-        left = self._per_address.get(remote, 1) - 1
-        if left > 0:
-            self._per_address[remote] = left
-        else:
-            self._per_address.pop(remote, None)
-        if not self._connections:
-            self._idle.set()
+    @property
+    def closing(self) -> bool:
+        return self.gate.closing
 
     @property
     def connections(self) -> int:
-        return len(self._connections)
-
-    def connections_from(self, remote: str) -> int:
-        return self._per_address.get(remote, 0)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` in a task that is kept referenced until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Connections counted against the limits: bare WebSockets, Socket.IO namespace
+        connections, and Engine.IO sessions with no namespace yet."""
+        return self.acceptor.connections
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -174,47 +168,57 @@ class Listener:
             else:
                 message = f"cannot listen on {self.config.interface}: {exc.strerror or exc}"
             raise ConfigError(self._source, key, message) from None
-        self._runner = web.AppRunner(
+        runner = self._runner = web.AppRunner(
             self.app,
             handle_signals=False,
             access_log=None,
             shutdown_timeout=1.0,
-            # aiohttp starts this timer when a TCP connection is accepted and closes the
-            # connection if no complete request arrived by then: the handshake timeout.
+            # aiohttp closes a kept-alive connection idle for this long.
             keepalive_timeout=self.config.limits.handshake_timeout,
         )
-        await self._runner.setup()
+        await runner.setup()
+        server = runner.server
+        assert server is not None
+        upgraders: list[Upgrader] = [self.websocket]
+        if self.engineio is not None:
+            upgraders.append(self.engineio)
+        self._front = Front(
+            http=server,
+            upgraders=upgraders,
+            timeout=self.config.limits.handshake_timeout,
+            stats=self.stats,
+        )
+        loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
-            await site.start()
+            self._servers.append(await loop.create_server(self._front, sock=sock, ssl=ssl_context))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, close every connection with 1001, wait for their ``terminate``
         (at most ``timeout`` seconds), then release the port."""
-        if self.closing:
+        if self._stopped:
             return
-        self.closing = True
-        runner = self._runner
-        if runner is not None:
-            for site in list(runner.sites):
-                await site.stop()  # stops accepting; open connections stay
-        for conn in list(self._connections):
-            conn.close(CLOSE_GOING_AWAY, "going away")
-        if self.socketio is not None:
-            await self.socketio.shutdown()
+        self._stopped = True
+        self.gate.closing = True
+        for server in self._servers:
+            server.close()  # stops accepting; open connections stay
+        self.acceptor.close_all(CLOSE_GOING_AWAY, "going away")
+        if self.engineio is not None:
+            self.engineio.close_all()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self.gate.registry.wait_idle(), timeout)
         except TimeoutError:
             logger.warning(
                 "%s: %d connection(s) still open after %.1fs; dropping them",
                 self.name,
-                len(self._connections),
+                self.connections,
                 timeout,
             )
-        if runner is not None:
-            await runner.cleanup()  # cancels what is left; their terminate still runs
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
+        if self._front is not None:
+            await self._front.wait_upgrades()
+        if self._runner is not None:
+            await self._runner.cleanup()  # aiohttp's connections (polling, the demo page)
+        if self.acceptor.heartbeat is not None:
+            self.acceptor.heartbeat.stop()
         for sock in self._sockets:
             sock.close()
         if self._owns_services:

@@ -1,7 +1,7 @@
-"""Transport adapters: bare WebSocket and Socket.IO, on aiohttp.
+"""Transports: what carries a connection's frames (bare WebSocket, Socket.IO).
 
-Only this package imports aiohttp's WebSocket types and python-socketio. Each adapter turns
-its transport's events into calls on a transport-agnostic ``Connection``.
+Only this package (and the server that assembles it) imports aiohttp's web types. Each
+transport owns its wire and turns it into calls on a transport-agnostic ``Connection``.
 """
 
 import asyncio
@@ -32,3 +32,11 @@ def cut_now(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The remote IP address of a socket's transport (``""`` when it has none)."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""

@@ -14,7 +14,14 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-__all__ = ["BatchedSink", "TurnBuffer", "WriteBatcher"]
+from rabbitsocks.stats import ListenerStats
+
+__all__ = ["FLUSH_AT", "BatchedSink", "TurnBuffer", "WriteBatcher"]
+
+#: Bytes of one turn's frames for one socket past which they are written at once rather
+#: than at the end of the turn: a burst then goes to the kernel's socket buffer (which a
+#: peer that reads drains), instead of counting whole against the outbound bound.
+FLUSH_AT = 64 * 1024
 
 
 class BatchedSink(Protocol):
@@ -48,37 +55,52 @@ class WriteBatcher:
 class TurnBuffer:
     """One socket's frames of this turn, written with one ``transport.write`` at its end.
 
-    The base of both transports' fast paths. ``_tcp`` is the socket's TCP transport, set
-    by the subclass. The first frame of a turn is kept alone (most turns carry one
-    message per socket, and bytes are not tracked by the cycle collector, where a list per
-    socket per message would be); a second one makes a list.
+    The base of the transports' own wires. ``_tcp`` is the socket's TCP transport, set by
+    the subclass. The first frame of a turn is kept alone (most turns carry one message per
+    socket, and bytes are not tracked by the cycle collector, where a list per socket per
+    message would be); a second one makes a list. ``buffered`` counts what the peer has not
+    read yet, this turn's frames included, for the outbound bound.
     """
 
-    __slots__ = ("_batcher", "_pending", "_tcp")
+    __slots__ = ("_batcher", "_pending", "_pending_size", "_stats", "_tcp")
 
-    def __init__(self, batcher: WriteBatcher) -> None:
+    def __init__(self, batcher: WriteBatcher, stats: ListenerStats) -> None:
         self._batcher = batcher
+        self._stats = stats
         self._pending: bytes | list[bytes] | None = None
+        self._pending_size = 0
         self._tcp: asyncio.Transport | None = None
 
-    def _join_turn(self, data: bytes) -> bool:
-        """Put ``data`` behind this turn's frames; False when none are waiting."""
+    @property
+    def buffered(self) -> int:
+        """Bytes written for the peer and not yet sent to it: this turn's and the kernel-
+        side buffer's (asyncio's write buffer)."""
+        tcp = self._tcp
+        return self._pending_size + (tcp.get_write_buffer_size() if tcp is not None else 0)
+
+    def _buffer(self, data: bytes) -> None:
+        """Write ``data`` at the end of this turn, after the frames already waiting."""
         pending = self._pending
+        self._pending_size += len(data)
         if pending is None:
-            return False
-        if isinstance(pending, bytes):
+            self._pending = data
+            self._batcher.add(self)
+        elif isinstance(pending, bytes):
             self._pending = [pending, data]
         else:
             pending.append(data)
-        return True
-
-    def _open_turn(self, data: bytes) -> None:
-        """``data`` is this turn's first frame: written, with any that follow, at its end."""
-        self._pending = data
-        self._batcher.add(self)
+        if self._pending_size >= FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
         pending, self._pending = self._pending, None
+        size, self._pending_size = self._pending_size, 0
         tcp = self._tcp
         if pending and tcp is not None and not tcp.is_closing():
             tcp.write(pending if isinstance(pending, bytes) else b"".join(pending))
+            self._stats.bytes_sent += size
+
+    def _discard_turn(self) -> None:
+        """Forget this turn's frames (a peer that is being cut reads none of them)."""
+        self._pending = None
+        self._pending_size = 0

@@ -1,136 +1,217 @@
-"""The gate every handshake passes before a transport sees it: origin, limits, authorization.
+"""The gate every connection passes before a callback sees it: origin, limits, authorization.
 
-Both transports call ``admit`` first thing, so bare WebSocket (``/websocket/...``) and
-Socket.IO (a request opening a new Engine.IO session on ``/socket.io/``) get the same
-checks, in this order, before any callback runs:
+Every way in calls ``Gate.admit`` with a ``ConnectRequest``: a bare WebSocket handshake, a
+new Engine.IO session, and each Socket.IO namespace connection on a session. The checks, in
+this order, are the same for all of them:
 
 1. ``Origin`` not on the listener's allow-list: 403.
-2. Too many connections on the listener or from the remote address: 503.
-3. Connect authorization (token, hook): the hook's answer, 401 for a bad token, 503 when
+2. The listener is shutting down: 503.
+3. Too many connections on the listener or from the remote address: 503, with
+   ``Retry-After``. A connection counts from the moment it passes this check (its slot is
+   taken before authorization awaits anything, so a burst of handshakes cannot all pass
+   the count while each waits for its hook), until it is released.
+4. Connect authorization (token, hook): the hook's answer, 401 for a bad token, 503 when
    the authorization endpoint does not answer within the handshake timeout.
 
-Requests of an existing Engine.IO session (they carry ``sid``) belong to a connection that
-was already admitted and pass straight through.
+What counts as a connection: a bare WebSocket, a Socket.IO namespace connection, and an
+Engine.IO session that has no namespace connected yet (its first namespace takes over its
+slot). So a client cannot multiply connections past the limits with namespaces, nor hold
+memory with handshake-only sessions.
+
+For Socket.IO both steps pass the gate: the Engine.IO handshake (a refusal is its HTTP
+answer) and then each namespace connection (a refusal is a ``connect_error`` carrying the
+reason), so an authorization hook sees the handshake and then each namespace by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from aiohttp import web
+from rabbitsocks.auth import AuthDenied, ConnectAuthorizer
+from rabbitsocks.connection import ConnectRequest
+from rabbitsocks.origins import OriginPolicy
+from rabbitsocks.stats import ListenerStats
 
-from rabbitsocks.auth import AuthDenied, ConnectRequest
-from rabbitsocks.connection import ConnectionInfo, new_connection_id
-
-if TYPE_CHECKING:
-    from rabbitsocks.server import Listener
-
-__all__ = [
-    "CLAIMS",
-    "CONNECT_REQUEST",
-    "admit",
-    "connect_request",
-    "connection_info",
-    "refuse_engineio_request",
-]
+__all__ = ["Admission", "Closable", "Gate", "Refusal", "Registry", "Slot"]
 
 logger = logging.getLogger("rabbitsocks.gate")
 
-#: Where the gate leaves its findings on the aiohttp request, for the transports.
-CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("rabbitsocks.claims")
-CONNECT_REQUEST: web.RequestKey[ConnectRequest] = web.RequestKey("rabbitsocks.connect")
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The answer to a refused attempt: an HTTP status, a reason, headers, a body."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        return self.body if self.body is not None else f"{self.reason}\n".encode()
 
 
-def connect_request(request: web.Request, transport: str) -> ConnectRequest:
-    """What authorization hooks and callbacks see of a handshake request."""
-    if CONNECT_REQUEST in request:
-        return request[CONNECT_REQUEST]
-    made = ConnectRequest(
-        path=request.path,
-        transport=transport,
-        headers=request.headers,
-        query=request.query,
-        remote=request.remote or "",
-        method=request.method,
-    )
-    request[CONNECT_REQUEST] = made
-    return made
+class Closable(Protocol):
+    """What holds a slot: closed with 1001 when the listener shuts down."""
+
+    def close(self, code: int, reason: str) -> None: ...
 
 
-def connection_info(
-    listener: Listener,
-    request: web.Request,
-    transport: str,
-    path: str,
-    subprotocol: str | None = None,
-) -> ConnectionInfo:
-    """Who a new connection is, from the handshake request the gate admitted."""
-    return ConnectionInfo(
-        id=new_connection_id(),
-        listener=listener.name,
-        transport=transport,
-        path=path,
-        remote=request.remote or "",
-        claims=request.get(CLAIMS),
-        request=connect_request(request, transport),
-        subprotocol=subprotocol,
-    )
+class Slot:
+    """One counted connection. ``owner`` is what to close at shutdown, once there is one."""
+
+    __slots__ = ("owner", "remote")
+
+    def __init__(self, remote: str) -> None:
+        self.remote = remote
+        self.owner: Closable | None = None
 
 
-def _refuse(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=f"{reason}\n", headers=headers)
+class Registry:
+    """The connections of one listener: counted in total and per remote address."""
+
+    __slots__ = ("_idle", "_per_address", "_slots")
+
+    def __init__(self) -> None:
+        self._slots: set[Slot] = set()
+        self._per_address: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __iter__(self) -> Iterator[Slot]:
+        return iter(list(self._slots))
+
+    def count_from(self, remote: str) -> int:
+        return self._per_address.get(remote, 0)
+
+    def take(self, remote: str) -> Slot:
+        slot = Slot(remote)
+        self._slots.add(slot)
+        self._per_address[remote] = self._per_address.get(remote, 0) + 1
+        self._idle.clear()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        if slot not in self._slots:
+            return
+        self._slots.discard(slot)
+        left = self._per_address.get(slot.remote, 1) - 1
+        if left > 0:
+            self._per_address[slot.remote] = left
+        else:
+            self._per_address.pop(slot.remote, None)
+        if not self._slots:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
-def refuse_engineio_request(listener: Listener, request: web.Request) -> web.Response | None:
-    """Requests of an admitted Engine.IO session: bound what python-engineio would not."""
-    limit = listener.config.socketio.max_frame_size
-    if request.method == "POST" and (request.content_length or 0) > limit:
-        # python-engineio would close the session and wait, forever, for the client to
-        # fetch the close packet before answering this request.
-        return _refuse(413, f"payload larger than {limit} bytes")
-    return None
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted attempt: its counted slot, and its token's claims (if any)."""
+
+    slot: Slot
+    claims: dict[str, Any] | None
 
 
-async def admit(
-    listener: Listener, request: web.Request, transport: str
-) -> web.StreamResponse | None:
-    """Check a handshake request; the refusal to answer, or ``None`` to go on.
+class Gate:
+    """The checks of one listener, shared by all its transports."""
 
-    Called by the transports' handlers themselves rather than as an aiohttp middleware: a
-    middleware's frames would stay alive for as long as each WebSocket connection lasts
-    (nearly a kilobyte per connection).
-    """
-    limits = listener.config.limits
-    origin = request.headers.get("Origin")
-    if not listener.origins.allows(origin):
+    def __init__(
+        self,
+        *,
+        origins: OriginPolicy,
+        authorizer: ConnectAuthorizer | None,
+        max_connections: int,
+        max_connections_per_address: int,
+        timeout: float,
+        stats: ListenerStats,
+    ) -> None:
+        self.origins = origins
+        self.authorizer = authorizer
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.timeout = timeout
+        self.stats = stats
+        self.registry = Registry()
+        #: Set when the listener shuts down: every attempt is refused from then on.
+        self.closing = False
+
+    def check_origin(self, request: ConnectRequest) -> Refusal | None:
+        origin = request.headers.get("Origin")
+        if self.origins.allows(origin):
+            return None
         logger.info("refused %s from %s: origin %r", request.path, request.remote, origin)
-        listener.stats.errors["refused_origin"] += 1
-        return _refuse(403, f"origin {origin} is not allowed")
-    if listener.closing:
-        return _refuse(503, "server is shutting down")
-    if listener.connections >= limits.max_connections:
-        listener.stats.errors["refused_limit"] += 1
-        return _refuse(503, "too many connections", {"Retry-After": "5"})
-    remote = request.remote or ""
-    if listener.connections_from(remote) >= limits.max_connections_per_address:
-        listener.stats.errors["refused_limit"] += 1
-        return _refuse(503, "too many connections from your address", {"Retry-After": "5"})
-    authorizer = listener.authorizer
-    if authorizer is not None:
+        self.stats.errors["refused_origin"] += 1
+        return Refusal(403, f"origin {origin} is not allowed")
+
+    def take_slot(self, remote: str) -> Slot | Refusal:
+        """Count one more connection from ``remote``, or say why not."""
+        if self.closing:
+            return Refusal(503, "server is shutting down")
+        registry = self.registry
+        if len(registry) >= self.max_connections:
+            self.stats.errors["refused_limit"] += 1
+            return Refusal(503, "too many connections", {"Retry-After": "5"})
+        if registry.count_from(remote) >= self.max_connections_per_address:
+            self.stats.errors["refused_limit"] += 1
+            return Refusal(503, "too many connections from your address", {"Retry-After": "5"})
+        return registry.take(remote)
+
+    async def authorize(self, request: ConnectRequest) -> dict[str, Any] | Refusal | None:
+        """The token's claims (``None`` without one), or the refusal."""
+        authorizer = self.authorizer
+        if authorizer is None:
+            return None
         try:
-            async with asyncio.timeout(limits.handshake_timeout):
-                claims = await authorizer.authorize(connect_request(request, transport))
+            async with asyncio.timeout(self.timeout):
+                return await authorizer.authorize(request)
         except TimeoutError:
-            listener.stats.errors["refused_auth"] += 1
-            return _refuse(503, "authorization timed out")
+            self.stats.errors["refused_auth"] += 1
+            return Refusal(503, "authorization timed out")
         except AuthDenied as denied:
-            listener.stats.errors["refused_auth"] += 1
+            self.stats.errors["refused_auth"] += 1
             logger.info(
-                "refused %s from %s: %s %s", request.path, remote, denied.status, denied.reason
+                "refused %s from %s: %s %s",
+                request.path,
+                request.remote,
+                denied.status,
+                denied.reason,
             )
-            return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
-        if claims is not None:
-            request[CLAIMS] = claims
-    return None
+            return Refusal(denied.status, denied.reason, denied.headers, denied.body)
+
+    async def admit(self, request: ConnectRequest, slot: Slot | None = None) -> Admission | Refusal:
+        """Run every check; an ``Admission`` holding a counted slot, or the refusal.
+
+        ``slot``: one the caller holds already (an Engine.IO session's, handed to its first
+        namespace), used instead of taking another.
+        """
+        refusal = self.check_origin(request)
+        if refusal is not None:
+            return refusal
+        if slot is None:
+            taken = self.take_slot(request.remote)
+            if isinstance(taken, Refusal):
+                return taken
+            slot = taken
+            mine = True
+        else:
+            mine = False
+        claims = await self.authorize(request)
+        if isinstance(claims, Refusal):
+            if mine:
+                self.registry.release(slot)
+            return claims
+        if self.closing:
+            if mine:
+                self.registry.release(slot)
+            return Refusal(503, "server is shutting down")
+        return Admission(slot, claims)

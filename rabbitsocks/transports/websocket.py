@@ -1,15 +1,21 @@
-"""Bare WebSocket (RFC 6455) on ``/websocket/<path>``.
+"""WebSocket wires: who owns the bytes of one WebSocket connection, and nothing else.
 
-Subprotocol negotiation (section 4.2.2): a client that offers subprotocols must offer the
-callback's, which is then echoed in ``Sec-WebSocket-Protocol``; a client that offers some
-but not ours is refused with 400; a client that offers none is accepted.
+Each WebSocket connection has exactly one owner:
 
-Writes bypass aiohttp's coroutine ``send_*`` on the hot path: frames are encoded here
-(header included, see ``frames``) and written to the asyncio transport synchronously, so a
-fan-out to N sockets is N ``transport.write`` calls and no task. The transport's write
-buffer is the connection's outbound buffer, bounded by ``max_outbound_bytes``. With
-permessage-deflate on, frames go through aiohttp's writer instead (it owns the compressor),
-from a per-connection queue bounded in frames and bytes.
+* ``WebSocketWire``, ours: an ``asyncio.Protocol`` on the socket, driving the sans-I/O core
+  ``wire.websocket`` (framing, ping and pong, the closing handshake). Every connection whose
+  upgrade is the first request on its TCP connection, which is how browsers connect, gets
+  one (see ``transports.front``). It holds no task and no timer of its own: frames are
+  parsed in ``data_received``, pre-encoded fan-out frames go straight to the socket's buffer
+  (``TurnBuffer``), and the listener's ``Heartbeat`` pings it.
+* ``AiohttpWire``: aiohttp's ``WebSocketResponse`` owns the connection, and we use only its
+  public API (``receive``, ``send_frame``, ``close``). For upgrades that arrive where aiohttp
+  already owns the TCP connection: ``mount`` into an application of yours, a later request
+  on a kept-alive connection (a proxy reusing its upstream connections), and
+  permessage-deflate (``websocket.compress``), whose compressor is aiohttp's.
+
+Both deliver what the peer sends to a ``Receiver`` (a ``Connection`` for bare WebSocket,
+an Engine.IO session for Socket.IO) and implement the ``Transport`` the driver writes to.
 """
 
 from __future__ import annotations
@@ -17,32 +23,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from rabbitsocks.connection import (
-    Connection,
-    enter_connection,
-)
-from rabbitsocks.errors import ConnectionRefused
-from rabbitsocks.frames import (
-    OP_BINARY,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    SharedFrame,
-    encode_close,
-    encode_frame,
-)
+from rabbitsocks.frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, SharedFrame, encode_frame
+from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports import cut_later, cut_now
-from rabbitsocks.transports.batching import TurnBuffer
-from rabbitsocks.transports.gate import admit, connection_info
+from rabbitsocks.transports.batching import TurnBuffer, WriteBatcher
+from rabbitsocks.transports.heartbeat import Heartbeat
+from rabbitsocks.wire.websocket import (
+    Close,
+    Message,
+    Ping,
+    State,
+    WebSocketError,
+    WebSocketProtocol,
+)
 
-if TYPE_CHECKING:
-    from rabbitsocks.server import Listener
-
-__all__ = ["WebSocketEndpoint"]
+__all__ = ["CLOSE_TIMEOUT", "AiohttpWire", "Receiver", "WebSocketWire"]
 
 logger = logging.getLogger("rabbitsocks.websocket")
 
@@ -52,266 +51,332 @@ _PING = encode_frame(b"", OP_PING)
 CLOSE_TIMEOUT = 5.0
 
 
-def offered_subprotocols(request: web.Request) -> list[str]:
-    """The subprotocols of every ``Sec-WebSocket-Protocol`` header, in order."""
-    return [
-        token.strip()
-        for header in request.headers.getall("Sec-WebSocket-Protocol", ())
-        for token in header.split(",")
-        if token.strip()
-    ]
+class Receiver(Protocol):
+    """Who gets what a wire reads."""
+
+    def received(self, frame: str | bytes) -> None: ...
+
+    def peer_closed(self, code: int | None) -> None: ...
+
+    def finished(self, code: int | None = None) -> None: ...
 
 
-class WebSocketEndpoint:
-    """The ``/websocket/<path>`` handler of one listener."""
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/websocket", self.handle)
-        app.router.add_get("/websocket/{path:.*}", self.handle)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        listener = self.listener
-        settings = listener.config.websocket
-        callback = listener.callback
-        path = request.match_info.get("path", "")
-        refusal = await admit(listener, request, "websocket")
-        if refusal is not None:
-            return refusal
-
-        try:
-            chosen = callback.choose_subprotocol(offered_subprotocols(request))
-        except ConnectionRefused as exc:
-            return web.Response(status=exc.status, text=f"{exc.reason}\n")
-        # Uncompressed, frames are written straight to the socket and pings come from the
-        # listener's ``Heartbeat`` (one timer for all connections), which needs to see
-        # pings and pongs: aiohttp answers neither itself then (autoping off).
-        raw = not settings.compress
-        ws = web.WebSocketResponse(
-            protocols=(chosen,) if chosen else (),
-            heartbeat=None if raw else settings.heartbeat or None,
-            autoping=not raw,
-            max_msg_size=settings.max_frame_size,
-            compress=settings.compress,
-            timeout=CLOSE_TIMEOUT,
-        )
-        if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="expected a WebSocket upgrade request\n")
-        if listener.closing:
-            return web.Response(status=503, text="server is shutting down\n")
-
-        info = connection_info(listener, request, "websocket", path, chosen)
-        enter_connection(info)  # this task is the connection's: it stays current
-        try:
-            state = await callback.init(path, listener.options)
-        except ConnectionRefused as exc:
-            return web.Response(status=exc.status, text=f"{exc.reason}\n")
-        except Exception as exc:
-            logger.info("callback %s refused /websocket/%s: %s", callback.name, path, exc)
-            return web.Response(status=403, text=f"{exc}\n")
-
-        transport = WebSocketTransport(ws, request, listener)
-        conn = Connection(callback, transport, info, state, listener.stats)
-        transport.connection = conn
-        listener.track(conn)
-        try:
-            await ws.prepare(request)
-            await conn.run_open()
-            transport.start_heartbeat()
-            while not conn.closing:
-                msg = await ws.receive()
-                transport.seen = True
-                kind = msg.type
-                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    await conn.handle(msg.data)
-                elif kind is WSMsgType.PING:
-                    transport.pong(msg.data)
-                elif kind is WSMsgType.PONG:
-                    pass  # seen: the peer is alive
-                elif kind is WSMsgType.ERROR:
-                    # Too big (1009), invalid UTF-8 (1007), a protocol error (1002):
-                    # aiohttp has already sent the close frame with that code.
-                    logger.info("closing %s: %s", info.id, msg.data)
-                    break
-                else:  # CLOSE, CLOSING, CLOSED
-                    break
-            if conn.closing and not ws.closed and transport.pending_close is not None:
-                await transport.pending_close
-            elif not ws.closed:
-                await ws.close()
-        except ConnectionError:
-            pass  # the peer vanished mid-write; terminate still runs below
-        finally:
-            transport.finish()
-            await conn.run_terminate(ws.close_code)
-            listener.untrack(conn)
-        if not ws.prepared:  # the peer reset the connection before our 101 went out
-            return web.Response(status=400, text="the handshake did not complete\n")
-        return ws
-
-
-class WebSocketTransport(TurnBuffer):
-    """The ``Transport`` of one bare WebSocket connection."""
+class WebSocketWire(TurnBuffer, asyncio.Protocol):
+    """Our own WebSocket connection: the socket's protocol after the 101."""
 
     __slots__ = (
+        "_close_timer",
+        "_group",
         "_heartbeat",
-        "_heartbeat_group",
-        "_max_bytes",
-        "_max_frames",
+        "_label",
         "_pinged",
-        "_queue",
-        "_queued_bytes",
-        "_sender",
-        "_ws",
-        "connection",
-        "pending_close",
-        "seen",
+        "_protocol",
+        "_receiver",
+        "_seen",
     )
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, listener: Listener):
-        super().__init__(listener.batcher)
-        self._ws = ws
-        # The socket's asyncio transport, written to directly on the fast path (without
-        # compression; with it, aiohttp's writer owns the compressor).
-        if not listener.config.websocket.compress:
-            self._tcp = request.transport
-        limits = listener.config.limits
-        self._max_bytes = limits.max_outbound_bytes
-        self._max_frames = limits.max_outbound_frames
-        self._queue: collections.deque[str | bytes] | None = None
-        self._queued_bytes = 0
-        self._sender: asyncio.Task[None] | None = None
-        self.connection: Connection | None = None
-        self.pending_close: asyncio.Task[Any] | None = None
-        # Server pings (see ``transports.heartbeat``): any frame received sets ``seen``.
-        self._heartbeat = listener.heartbeat if self._tcp is not None else None
-        self._heartbeat_group = -1
-        self.seen = False
+    def __init__(
+        self,
+        tcp: asyncio.Transport,
+        *,
+        max_size: int,
+        batcher: WriteBatcher,
+        stats: ListenerStats,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
+        super().__init__(batcher, stats)
+        self._tcp = tcp
+        self._protocol = WebSocketProtocol(max_size)
+        self._receiver: Receiver | None = None
+        self._label = "?"
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._heartbeat = heartbeat
+        self._group = -1
+        self._seen = False
         self._pinged = False
 
-    # --- the fast path: frames encoded here, written synchronously ---------------------
+    def attach(self, receiver: Receiver, label: str) -> None:
+        """Deliver to ``receiver`` from now on; ``label`` names the connection in logs."""
+        self._receiver = receiver
+        self._label = label
+        if self._heartbeat is not None:
+            self._group = self._heartbeat.add(self)
 
-    def _write_raw(self, data: bytes) -> bool:
-        if self._join_turn(data):  # not the first frame of this turn
-            return True
-        transport = self._tcp
-        if transport is None or transport.is_closing():
-            return True  # the connection is going away; its reader will notice
-        # A peer is slow when what it has not read yet is over the limit: judged before this
-        # turn's frames are added, so a frame larger than the limit still goes to a reader
-        # that keeps up, and the buffer never exceeds the limit by more than one turn.
-        if transport.get_write_buffer_size() > self._max_bytes:
-            return False
-        self._open_turn(data)
-        return True
+    # --- reading: asyncio.Protocol -------------------------------------------------------
 
-    def write(self, frame: str | bytes) -> bool:
-        if self._tcp is not None:
-            if isinstance(frame, str):
-                return self._write_raw(encode_frame(frame.encode("utf-8"), OP_TEXT))
-            return self._write_raw(encode_frame(frame, OP_BINARY))
-        return self._enqueue(frame)
-
-    def write_shared(self, frame: SharedFrame) -> bool:
-        if self._tcp is not None:
-            return self._write_raw(frame.websocket())
-        return self._enqueue(frame.data)
-
-    # --- the compressed path: aiohttp's writer, from a bounded queue --------------------
-
-    def _enqueue(self, frame: str | bytes) -> bool:
-        if self._ws.closed:
-            return True
-        if self._queue is None:
-            self._queue = collections.deque()
-        if len(self._queue) >= self._max_frames or self._queued_bytes > self._max_bytes:
-            return False
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._drain())
-        return True
-
-    async def _drain(self) -> None:
-        queue = self._queue
-        assert queue is not None
+    def data_received(self, data: bytes) -> None:
+        self._seen = True
+        protocol = self._protocol
+        if protocol.state is State.CLOSED:
+            return  # the close handshake is over; the socket is closing
         try:
-            while queue and not self._ws.closed:
-                frame = queue.popleft()
-                self._queued_bytes -= len(frame)
-                if isinstance(frame, str):
-                    await self._ws.send_str(frame)
-                else:
-                    await self._ws.send_bytes(frame)
-        except ConnectionError:
-            pass
+            events = protocol.receive(data)
+        except WebSocketError as exc:
+            self._fail(exc)
+            return
+        receiver = self._receiver
+        assert receiver is not None
+        for event in events:
+            if type(event) is Message:
+                receiver.received(event.data)
+            elif type(event) is Ping:
+                self._pong(event.payload)
+            elif type(event) is Close:
+                self._peer_close(event, receiver)
+            # Pong: seen, which is all the heartbeat needs.
 
-    # --- closing ------------------------------------------------------------------------
+    def eof_received(self) -> bool:
+        return False  # a half-closed WebSocket is over: asyncio closes the socket
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_heartbeat()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._discard_turn()
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.finished(1006 if self._protocol.state is State.OPEN else None)
+
+    def _peer_close(self, close: Close, receiver: Receiver) -> None:
+        tcp = self._tcp
+        assert tcp is not None
+        if close.answer:  # the peer closed first: flush, answer, and end the TCP stream
+            self.flush()
+            tcp.write(close.answer)
+        tcp.close()  # section 7.1.1: the server closes the TCP connection first
+        receiver.peer_closed(close.code)
+
+    def _fail(self, exc: WebSocketError) -> None:
+        """The peer broke RFC 6455: close with the error's code and stop reading."""
+        logger.info("closing %s: %s (%d)", self._label, exc.reason, exc.code)
+        self._stats.errors["protocol"] += 1
+        self.fail(exc.code, exc.reason)
+        if self._receiver is not None:
+            self._receiver.peer_closed(exc.code)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): our close frame after what is
+        queued, then the end of the TCP stream, without waiting for the peer's close."""
+        tcp = self._tcp
+        if tcp is None or tcp.is_closing():
+            return
+        self.flush()
+        tcp.write(self._protocol.close(code, reason))
+        tcp.close()
+
+    def pause_writing(self) -> None:
+        pass  # the outbound bound (``buffered``) is the flow control, not waiting
+
+    def resume_writing(self) -> None:
+        pass
+
+    # --- writing: the driver's Transport ---------------------------------------------------
+
+    def write_framed(self, framed: bytes, limit: int) -> bool:
+        """Queue a complete WebSocket frame. ``False`` when the peer had more than
+        ``limit`` bytes not yet read (judged before this frame, which is then dropped)."""
+        tcp = self._tcp
+        if tcp is None or tcp.is_closing() or self._protocol.state is not State.OPEN:
+            return True  # going away; connection_lost will tell the receiver
+        if self._pending_size + tcp.get_write_buffer_size() > limit:
+            return False
+        self._buffer(framed)
+        return True
+
+    def write(self, frame: str | bytes, limit: int) -> bool:
+        if isinstance(frame, str):
+            return self.write_framed(encode_frame(frame.encode("utf-8"), OP_TEXT), limit)
+        return self.write_framed(encode_frame(frame, OP_BINARY), limit)
+
+    def write_shared(self, frame: SharedFrame, limit: int) -> bool:
+        return self.write_framed(frame.websocket(), limit)
 
     def close(self, code: int, reason: str) -> None:
+        tcp = self._tcp
+        if tcp is None or tcp.is_closing():
+            return
+        closing = self._protocol.close(code, reason)
+        if not closing:
+            return
         self.flush()  # what was sent before close() goes out before the close frame
-        if self.pending_close is None and not self._ws.closed:
-            self.pending_close = asyncio.get_running_loop().create_task(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        if self._sender is not None and not self._sender.done():
-            await self._sender  # what the callback sent before close() goes out first
-        # aiohttp sends the close frame, then waits up to CLOSE_TIMEOUT for the peer's.
-        await self._ws.close(code=code, message=reason.encode("utf-8")[:123])
+        tcp.write(closing)
+        self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, cut_now, tcp)
 
     def abort(self, code: int, reason: str) -> None:
         """Slow consumer: queue a close frame behind the backlog, then cut the connection
         if the peer has not drained it within ``transports.ABORT_GRACE`` seconds."""
-        transport = self._tcp
-        if transport is None:
-            self.close(code, reason)
+        tcp = self._tcp
+        self._discard_turn()  # not even this turn's frames: it is not reading
+        if tcp is None or tcp.is_closing():
             return
-        self._pending = None  # not even this turn's frames: it is not reading
-        if not transport.is_closing():
-            transport.write(encode_close(code, reason))
-            transport.close()  # flushes the buffer, then closes; the reader sees EOF
-            cut_later(transport)
+        tcp.write(self._protocol.close(code, reason))
+        tcp.close()  # flushes the buffer, then closes; the reader sees EOF
+        cut_later(tcp)
 
-    # --- server pings ------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        tcp = self._tcp
+        if tcp is not None and not tcp.is_closing():
+            tcp.pause_reading()
 
-    def start_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat_group = self._heartbeat.add(self)
+    def resume_reading(self) -> None:
+        tcp = self._tcp
+        if tcp is not None and not tcp.is_closing():
+            tcp.resume_reading()
 
-    def heartbeat(self) -> None:
-        """Visited by the listener's ``Heartbeat`` once per interval."""
-        if self.seen:
-            self.seen = self._pinged = False
-        elif not self._pinged:
-            self._pinged = True
-            self._write_raw(_PING)
-        else:  # pinged an interval ago, not a frame since: a dead peer or a dead network
-            transport = self._tcp
-            if transport is not None and not transport.is_closing():
-                info = self.connection.info.id if self.connection is not None else "?"
-                logger.info("closing %s: no answer to a ping in %gs", info, self._interval())
-                cut_now(transport)
-            self._stop_heartbeat()
-
-    def _interval(self) -> float:
-        return self._heartbeat.interval if self._heartbeat is not None else 0.0
-
-    def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None and self._heartbeat_group >= 0:
-            self._heartbeat.discard(self, self._heartbeat_group)
-            self._heartbeat_group = -1
-
-    def pong(self, data: bytes) -> None:
+    def _pong(self, payload: bytes) -> None:
         """Answer a client's ping (RFC 6455 section 5.5.3). Over the outbound limit the
         pong is skipped, which 5.5.3 allows (a peer may answer only the latest ping): a
         ping flood from a client that does not read costs no memory."""
-        self._write_raw(encode_frame(data, OP_PONG))
+        self.write_framed(encode_frame(payload, OP_PONG), 1 << 16)
 
-    def finish(self) -> None:
-        self._stop_heartbeat()
-        self._pending = None
+    # --- server pings (see ``transports.heartbeat``) ---------------------------------------
+
+    def heartbeat(self) -> None:
+        """Visited by the listener's ``Heartbeat`` once per interval."""
+        if self._seen:
+            self._seen = self._pinged = False
+        elif not self._pinged:
+            self._pinged = True
+            self.write_framed(_PING, 1 << 16)
+        else:  # pinged an interval ago, not a frame since: a dead peer or a dead network
+            tcp = self._tcp
+            if tcp is not None and not tcp.is_closing():
+                interval = self._heartbeat.interval if self._heartbeat is not None else 0.0
+                logger.info("closing %s: no answer to a ping in %gs", self._label, interval)
+                cut_now(tcp)
+            self._stop_heartbeat()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._group >= 0:
+            self._heartbeat.discard(self, self._group)
+            self._group = -1
+
+
+class AiohttpWire:
+    """A WebSocket connection that aiohttp's ``WebSocketResponse`` owns; its public API only.
+
+    Writes go to a queue bounded in bytes, drained by a task that exists while the queue
+    is not empty (``send_frame`` is a coroutine). ``run`` is the reading loop: the request
+    handler awaits it for the life of the connection.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_queue",
+        "_queued",
+        "_readable",
+        "_sender",
+        "_stats",
+        "_ws",
+        "request",
+    )
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, stats: ListenerStats):
+        self._ws = ws
+        self.request = request
+        self._stats = stats
+        self._queue: collections.deque[tuple[bytes, WSMsgType]] = collections.deque()
+        self._queued = 0
+        self._sender: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._readable = asyncio.Event()
+        self._readable.set()
+
+    async def run(self, receiver: Receiver) -> None:
+        """Read until the connection ends, handing frames to ``receiver``."""
+        ws = self._ws
+        try:
+            while True:
+                if not self._readable.is_set():
+                    await self._readable.wait()
+                msg = await ws.receive()
+                kind = msg.type
+                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                    receiver.received(msg.data)
+                elif kind is WSMsgType.ERROR:
+                    # Too big (1009), invalid UTF-8 (1007), a protocol error (1002):
+                    # aiohttp has already sent the close frame with that code.
+                    logger.info("closing a WebSocket: %s", msg.data)
+                    self._stats.errors["protocol"] += 1
+                    receiver.peer_closed(ws.close_code)
+                    break
+                elif kind is WSMsgType.CLOSE:
+                    receiver.peer_closed(msg.data if isinstance(msg.data, int) else None)
+                    break
+                elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
+            if self._closing is not None:
+                await self._closing
+            elif not ws.closed:
+                await ws.close()
+        except ConnectionError:
+            pass  # the peer vanished mid-write
+        finally:
+            if self._sender is not None and not self._sender.done():
+                self._sender.cancel()
+            self._queue.clear()
+            receiver.finished(ws.close_code)
+
+    def write_framed(self, data: bytes, opcode: WSMsgType, limit: int) -> bool:
+        if self._ws.closed or self._closing is not None:
+            return True
+        if self._queued > limit:
+            return False
+        self._queue.append((data, opcode))
+        self._queued += len(data)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    def write(self, frame: str | bytes, limit: int) -> bool:
+        if isinstance(frame, str):
+            return self.write_framed(frame.encode("utf-8"), WSMsgType.TEXT, limit)
+        return self.write_framed(frame, WSMsgType.BINARY, limit)
+
+    def write_shared(self, frame: SharedFrame, limit: int) -> bool:
+        return self.write(frame.data, limit)
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        ws = self._ws
+        try:
+            while queue and not ws.closed:
+                data, opcode = queue.popleft()
+                self._queued -= len(data)
+                await ws.send_frame(data, opcode)
+                self._stats.bytes_sent += len(data)
+        except ConnectionError:
+            pass
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing is None and not self._ws.closed:
+            self._closing = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    def fail(self, code: int, reason: str) -> None:
+        """aiohttp sends the close frame and waits (briefly) for the peer's: as ``close``."""
+        self.close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._sender is not None and not self._sender.done():
+            await self._sender  # what was sent before close() goes out first
+        # aiohttp sends the close frame, then waits for the peer's.
+        await self._ws.close(code=code, message=reason.encode("utf-8")[:123])
+
+    def abort(self, code: int, reason: str) -> None:
+        """Slow consumer: drop the queue, send the close, cut the TCP connection if the peer
+        has not taken it within the grace period."""
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
-        self._queue = None
+        self._queue.clear()
+        self._queued = 0
+        self.close(code, reason)
+        tcp = self.request.transport
+        if tcp is not None:
+            cut_later(tcp)
+
+    def pause_reading(self) -> None:
+        self._readable.clear()  # aiohttp's own reader then fills up and pauses the socket
+
+    def resume_reading(self) -> None:
+        self._readable.set()

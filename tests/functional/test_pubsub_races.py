@@ -15,6 +15,7 @@ from rabbitsocks.config import SocketIOConfig
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.pubsub.hub import Hub
 from rabbitsocks.pubsub.protocol import encode_delivery, encode_message
+from tests.support.procfs import wait_until
 from tests.support.pubsub import held_joins
 
 
@@ -103,10 +104,9 @@ async def test_hub_forgets_a_connection_gone_while_its_join_was_in_flight(
 
 
 async def test_a_socketio_connection_gone_while_its_join_awaits_authorization() -> None:
-    # A Socket.IO disconnect (here: the client stops answering Engine.IO pings) is not
-    # ordered after the frame being handled, so terminate can run while a join waits for
-    # its authorization hook. The join must then be refused, not keep a dead connection
-    # joined (and its topic bound) for ever.
+    # The client stops answering Engine.IO pings while a join waits for its authorization
+    # hook: the session ends, and once the join is done terminate leaves everything, so a
+    # dead connection does not stay joined (and its topic bound) for ever.
     held_joins.reset()
     listener = await start_listener(
         "127.0.0.1:0",
@@ -124,14 +124,14 @@ async def test_a_socketio_connection_gone_while_its_join_awaits_authorization() 
             assert (await eio.receive(timeout=5)).data.startswith("40{")
             await eio.send_str('42["message",{"command":"join","topics":["held"]}]')
             await asyncio.wait_for(held_joins.arrived.wait(), 5)
-            # Pings go unanswered from now on: the server disconnects and terminates it.
-            deadline = asyncio.get_running_loop().time() + 5
-            while listener.connections:
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+            # Pings go unanswered from now on: the server ends the session. terminate waits
+            # for the join in flight (it never runs beside a handle_frame).
+            assert listener.engineio is not None
+            await wait_until(lambda: not listener.engineio.sessions, 5, "the session to end")
+            assert listener.connections == 1
             held_joins.gate.set()
-            # The rest of the join (memory broker: nothing suspends) ends in the same step.
             await asyncio.wait_for(held_joins.released.wait(), 5)
+            await wait_until(lambda: not listener.connections, 5, "terminate")
             assert (hub.subscribers, hub.live_topics) == (0, 0)
             await eio.close()
     finally:

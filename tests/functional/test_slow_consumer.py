@@ -20,12 +20,13 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 
-import engineio.async_socket
+import aiohttp
 import pytest
 
 from rabbitsocks import Listener
 from rabbitsocks.config import LimitsConfig, SocketIOConfig
 from rabbitsocks.transports import ABORT_GRACE
+from rabbitsocks.transports.engineio import Session
 from tests.support.procfs import held_connections, rss_bytes, wait_until
 from tests.support.pubsub import (
     BrokerKind,
@@ -34,7 +35,7 @@ from tests.support.pubsub import (
     client_pool,
     unique,
 )
-from tests.support.rawws import RawSocketIO, RawWebSocket
+from tests.support.rawws import OP_CLOSE, RawSocketIO, RawWebSocket
 from tests.support.watch import PubSubListener, pubsub_listener
 
 MIB = 1 << 20
@@ -183,7 +184,7 @@ async def test_socketio_slow_consumer_is_disconnected_and_nobody_else_waits(
     slow_log: SlowConsumerLog,
 ) -> None:
     total = 1500  # 24 MiB through the topic
-    limits = LimitsConfig(max_outbound_frames=64)
+    limits = LimitsConfig(max_outbound_bytes=64 * 1024)
     async with pubsub_listener("memory", limits=limits) as rs, client_pool() as pool:
         t = unique("slow")
         good = await pool.connect("socketio", rs.port)
@@ -199,13 +200,18 @@ async def test_socketio_slow_consumer_is_disconnected_and_nobody_else_waits(
             await stream.until(lambda: rs.listener.stats.slow_consumers == 2, limit=total)
             overflow_at = stream.published
 
-            # What was queued before the limit, in order, then Engine.IO's CLOSE packet:
-            # Socket.IO has no close codes, the client is disconnected.
+            # What was queued before the limit, in order, then the WebSocket's close frame:
+            # 4008 "slow consumer", as on bare WebSocket.
             numbers = []
-            while (packet := await waking.next_packet()).startswith("42"):
-                _, data = json.loads(packet[2:])
+            while True:
+                frame = await waking.ws.recv_data()
+                if frame.opcode == OP_CLOSE:
+                    break
+                if frame.text == "2":
+                    continue  # an Engine.IO ping
+                _, data = json.loads(frame.text[2:])
                 numbers.append(number_of(data))
-            assert packet == "1", packet  # Engine.IO v4 CLOSE
+            assert (frame.close_code, frame.close_reason) == (4008, "slow consumer")
             assert numbers == list(range(len(numbers)))
             assert 0 < len(numbers) < overflow_at
 
@@ -224,16 +230,14 @@ def slow_consumers_reach(listener: Listener, count: int) -> bool:
     return listener.stats.slow_consumers >= count
 
 
-def engineio_sockets() -> int:
-    """Engine.IO sockets alive in this process (after a full collection)."""
+def engineio_sessions() -> int:
+    """Engine.IO sessions alive in this process (after a full collection)."""
     gc.collect()
-    return sum(isinstance(o, engineio.async_socket.AsyncSocket) for o in gc.get_objects())
+    return sum(isinstance(o, Session) for o in gc.get_objects())
 
 
 async def test_socketio_slow_consumers_that_went_away_leave_nothing_behind() -> None:
-    limits = LimitsConfig(max_outbound_frames=64)
-    # Short Engine.IO timers: its ping task holds a socket until its next tick, and its
-    # service task holds a snapshot of the sockets for one ping timeout.
+    limits = LimitsConfig(max_outbound_bytes=64 * 1024)
     socketio = SocketIOConfig(ping_interval=1.0, ping_timeout=2.0)
     async with (
         pubsub_listener("memory", limits=limits, socketio=socketio) as rs,
@@ -242,7 +246,7 @@ async def test_socketio_slow_consumers_that_went_away_leave_nothing_behind() -> 
         t = unique("slow")
         good = await pool.connect("websocket", rs.port)
         await good.join(t)
-        before = engineio_sockets()
+        before = engineio_sessions()
         stream = Stream(rs, t, good)
         for round_ in range(1, 4):
             stalled = [await RawSocketIO.connect(rs.port, rcvbuf=RCVBUF) for _ in range(3)]
@@ -257,17 +261,14 @@ async def test_socketio_slow_consumers_that_went_away_leave_nothing_behind() -> 
             for raw in stalled:
                 raw.vanish()  # gone for good: RST, nothing left to deliver to
         await wait_until(lambda: rs.listener.connections == 1, 5, "terminate")
+        assert not rs.listener.engineio.sessions  # type: ignore[union-attr]
         await wait_until(
-            # python-engineio's service task keeps its loop variable, the last socket it
-            # looked at, while it idles: at most one socket, whatever the number dropped.
-            lambda: engineio_sockets() <= before + 1,
-            5,
-            "the Engine.IO sockets to be released",
+            lambda: engineio_sessions() == before, 5, "the Engine.IO sessions to be released"
         )
 
 
 async def test_socketio_slow_consumer_that_never_reads_again_is_cut() -> None:
-    limits = LimitsConfig(max_outbound_frames=64)
+    limits = LimitsConfig(max_outbound_bytes=64 * 1024)
     socketio = SocketIOConfig(ping_interval=0.5, ping_timeout=0.5)
     async with (
         pubsub_listener("memory", limits=limits, socketio=socketio) as rs,
@@ -291,3 +292,64 @@ async def test_socketio_slow_consumer_that_never_reads_again_is_cut() -> None:
             )
         finally:
             raw.close()
+
+
+BIG = 64 * 1024
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_socketio_reader_that_stops_costs_at_most_the_outbound_bytes(
+    transport: str,
+) -> None:
+    # Issue 11, point 3: the bound was 4,096 frames, so one client that stopped reading a
+    # topic of 64 KB messages pinned ~260 MB for half a minute. It is bytes now, whatever
+    # the transport: a WebSocket that is not read, or a polling client that stops polling.
+    limit = 1 << 20
+    limits = LimitsConfig(max_outbound_bytes=limit)
+    async with pubsub_listener("memory", limits=limits) as rs, client_pool() as pool:
+        t = unique("big")
+        good = await pool.connect("websocket", rs.port)
+        await good.join(t)
+        http = aiohttp.ClientSession()
+        raw: RawSocketIO | None = None
+        try:
+            if transport == "websocket":
+                raw = await RawSocketIO.connect(rs.port, rcvbuf=RCVBUF)
+                await raw.send_message({"command": "join", "topics": [t]})
+                await raw.next_message()
+            else:
+                base = f"http://127.0.0.1:{rs.port}/socket.io/?EIO=4&transport=polling"
+                async with http.get(base) as response:
+                    sid = json.loads((await response.text())[1:])["sid"]
+                url = f"{base}&sid={sid}"
+                join = "42" + json.dumps(
+                    ["message", json.dumps({"command": "join", "topics": [t]})]
+                )
+                async with http.post(url, data="40") as response:
+                    assert response.status == 200
+                async with http.get(url) as response:
+                    assert (await response.text()).startswith("40{")
+                async with http.post(url, data=join) as response:
+                    assert response.status == 200
+                async with http.get(url) as response:
+                    assert "@join" in await response.text()
+                # ... and never polls again.
+            baseline = rss_bytes()
+            peak = baseline
+            published = 0
+            while rs.listener.stats.slow_consumers < 1:
+                assert published < 400, "not cut after 25 MB"
+                await rs.publish(t, body(published) + b"x" * BIG)
+                published += 1
+                await good.next()
+                peak = max(peak, rss_bytes())
+            # Cut after about the limit's worth of messages (plus, on a WebSocket, what the
+            # kernel's socket buffers took: not the process's memory), not thousands.
+            kernel = 4 << 20 if transport == "websocket" else 0
+            assert published <= (limit + kernel) // BIG + 4, published
+            assert peak - baseline < 8 * MIB, f"RSS grew by {(peak - baseline) / MIB:.1f} MiB"
+            await wait_until(lambda: rs.listener.connections == 1, 5, "terminate")
+        finally:
+            await http.close()
+            if raw is not None:
+                raw.close()

@@ -12,6 +12,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rabbitsocks import ConnectionRefused, Listener, start_listener
 from rabbitsocks.config import LimitsConfig, WebSocketConfig
+from rabbitsocks.connection import Connection
+from rabbitsocks.transports.websocket import WebSocketWire
 from tests.support.procfs import wait_until
 from tests.support.rawws import OP_PING, RawWebSocket, client_frame
 from tests.support.recorder import Recorder, State
@@ -155,8 +157,13 @@ class BufferGauge(Recorder):
 
     async def handle_frame(self, frame: str | bytes, state: State) -> State:
         assert self.listener is not None
-        (conn,) = [c for c in self.listener._connections if c.state is state]
-        self.buffered.append(conn.transport._tcp.get_write_buffer_size())  # type: ignore[attr-defined]
+        (conn,) = [
+            slot.owner
+            for slot in self.listener.gate.registry
+            if isinstance(slot.owner, Connection) and slot.owner.state is state
+        ]
+        assert isinstance(conn.transport, WebSocketWire)
+        self.buffered.append(conn.transport.buffered)
         return state
 
 

@@ -1,0 +1,150 @@
+"""The first request of every TCP connection: who owns the connection from then on.
+
+A listener's sockets accept connections into a ``FrontProtocol``, which reads the head of
+the first request itself (``wire.http1``, strict and bounded) and gives the connection to
+one owner for good:
+
+* a WebSocket upgrade one of our transports wants (``/websocket/...``, an Engine.IO
+  ``transport=websocket``) is answered by that transport, which then becomes the socket's
+  protocol (``transport.set_protocol``): our own WebSocket wire, no aiohttp underneath;
+* anything else goes to aiohttp: the listener's ``web.Server`` makes a request handler (the
+  protocol aiohttp's own sites would have made), which gets the socket and the bytes read so
+  far, and serves this request and any that follow on the connection.
+
+Browsers open a new TCP connection for every WebSocket, so their upgrades are always a
+first request. One that arrives later on a kept-alive connection is aiohttp's, and the
+transports serve it through aiohttp (see ``transports.websocket``).
+
+A client that has not sent a complete head within the handshake timeout is dropped, as is
+one whose head is malformed or too large (answered with 400, 414, 431 or 505 and one log
+line without its request target, which may carry a token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from rabbitsocks.stats import ListenerStats
+from rabbitsocks.transports import peer_address
+from rabbitsocks.wire import http1
+from rabbitsocks.wire.http1 import HttpError, RequestHead, parse_request_head
+
+__all__ = ["Front", "FrontProtocol", "Upgrader"]
+
+logger = logging.getLogger("rabbitsocks.front")
+
+
+class Upgrader(Protocol):
+    """A transport that serves some first requests on its own wire."""
+
+    def wants(self, head: RequestHead) -> bool: ...
+
+    async def upgrade(self, head: RequestHead, tcp: asyncio.Transport, rest: bytes) -> None:
+        """Answer ``head`` (reading is paused) and own ``tcp`` from then on, or close it."""
+        ...
+
+
+class Front:
+    """One listener's protocol factory for ``loop.create_server``."""
+
+    def __init__(
+        self,
+        *,
+        http: Callable[[], asyncio.Protocol],
+        upgraders: list[Upgrader],
+        timeout: float,
+        stats: ListenerStats,
+    ) -> None:
+        self.http = http
+        self.upgraders = upgraders
+        self.timeout = timeout
+        self.stats = stats
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __call__(self) -> FrontProtocol:
+        return FrontProtocol(self)
+
+    def spawn_upgrade(
+        self, upgrader: Upgrader, head: RequestHead, tcp: asyncio.Transport, rest: bytes
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(self._upgrade(upgrader, head, tcp, rest))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _upgrade(
+        self, upgrader: Upgrader, head: RequestHead, tcp: asyncio.Transport, rest: bytes
+    ) -> None:
+        try:
+            await upgrader.upgrade(head, tcp, rest)
+        except Exception:
+            logger.exception("handshake from %s failed", peer_address(tcp))
+            if not tcp.is_closing():
+                tcp.write(http1.response(500, "internal error"))
+                tcp.close()
+
+    async def wait_upgrades(self) -> None:
+        """Wait for the handshakes in progress (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+class FrontProtocol(asyncio.Protocol):
+    """A connection whose first request head is still being read."""
+
+    __slots__ = ("_buffer", "_front", "_tcp", "_timer")
+
+    def __init__(self, front: Front) -> None:
+        self._front = front
+        self._buffer = b""
+        self._tcp: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance).
+        self._tcp = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self._front.timeout, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if self._tcp is not None:
+            self._tcp.abort()
+
+    def data_received(self, data: bytes) -> None:
+        tcp = self._tcp
+        assert tcp is not None
+        buffer = self._buffer = self._buffer + data
+        try:
+            head = parse_request_head(buffer)
+        except HttpError as exc:
+            self._stop_timer()
+            self._front.stats.errors["bad_request"] += 1
+            logger.info("bad request from %s: %s (%d)", peer_address(tcp), exc.reason, exc.status)
+            tcp.write(http1.response(exc.status, exc.reason))
+            tcp.close()
+            return
+        if head is None:
+            return
+        self._stop_timer()
+        self._buffer = b""
+        for upgrader in self._front.upgraders:
+            if upgrader.wants(head):
+                tcp.pause_reading()
+                self._front.spawn_upgrade(upgrader, head, tcp, buffer[head.size :])
+                return
+        # aiohttp's, from this request on: its request handler takes the socket as a site of
+        # its own would have given it, and re-reads the head from the bytes so far.
+        handler = self._front.http()
+        tcp.set_protocol(handler)
+        handler.connection_made(tcp)
+        handler.data_received(buffer)
