@@ -25,7 +25,15 @@ from bench.loadgen import node_available
 from bench.private_broker import PrivateBroker
 from bench.report import render
 from bench.runner import Plan, Scenario, run_one, suspect, wait_broker
-from bench.targets import DEFAULT_TARGETS, ROOT, TARGETS, Settings, Target, rabbitmq_node
+from bench.targets import (
+    DEFAULT_TARGETS,
+    ROOT,
+    TARGETS,
+    Settings,
+    Target,
+    add_baseline,
+    rabbitmq_node,
+)
 
 __all__ = ["main"]
 
@@ -114,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         default=9.5,
         help="start no new run past this (default 9.5; the default run takes less)",
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another rabbitsocks checkout (with its .venv): adds targets rs-ws-base and"
+        " rs-sio-base, the code before a change measured in the same run",
+    )
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     return p
 
@@ -167,6 +181,10 @@ async def _main(args: argparse.Namespace) -> int:
         print(f"bench: {problem}", file=sys.stderr)
         return 2
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.baseline is not None:
+        for name in add_baseline(args.baseline.resolve()):
+            if name not in targets:
+                targets.append(name)
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         print(f"bench: unknown target(s) {', '.join(unknown)}", file=sys.stderr)

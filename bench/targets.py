@@ -126,6 +126,9 @@ class Target:
     async def start(self, settings: Settings, tag: str, n: int) -> Running:
         raise NotImplementedError
 
+    #: Where the server runs from (another checkout, for a baseline target).
+    root: Path = ROOT
+
     def _spawn(
         self, settings: Settings, tag: str, argv: list[str], port: int, env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], Path]:
@@ -133,7 +136,7 @@ class Target:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 argv,
-                cwd=ROOT,
+                cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -165,6 +168,8 @@ def _connection_limits(n: int) -> str:
 class _RabbitSocks(Target):
     path = "/websocket/"
     extra_args: tuple[str, ...] = ()
+    #: The virtualenv's ``rabbitsocks`` script; ``None``: the one running the benchmark.
+    script: Path | None = None
 
     async def start(self, settings: Settings, tag: str, n: int) -> Running:
         port = free_port()
@@ -184,7 +189,7 @@ class _RabbitSocks(Target):
             "log:\n"
             f"  level: {settings.log_level}\n"
         )
-        rabbitsocks = str(Path(settings.python).parent / "rabbitsocks")
+        rabbitsocks = str(self.script or Path(settings.python).parent / "rabbitsocks")
         argv = [rabbitsocks, "serve", "-c", str(config), "--loop", settings.loop, *self.extra_args]
         proc, log = self._spawn(settings, tag, argv, port, {})
         await wait_listening(port, proc, log, 20)
@@ -286,6 +291,25 @@ class AiohttpFloor(Target):
         await wait_listening(port, proc, log, 20)
         url = f"ws://127.0.0.1:{port}/websocket/"
         return Running(url, proc.pid, "floor", publish_port, process=proc, log=log)
+
+
+def add_baseline(checkout: Path) -> list[str]:
+    """Targets ``rs-ws-base`` and ``rs-sio-base``: another rabbitsocks checkout (the code
+    before a change, with its virtualenv in ``.venv``), measured in the same run as this
+    one, so that before and after share the machine's state."""
+    script = checkout / ".venv" / "bin" / "rabbitsocks"
+    if not script.exists():
+        raise SystemExit(f"bench: no {script} (make the baseline's virtualenv first)")
+    names = []
+    for base in (RabbitSocksWebSocket, RabbitSocksSocketIO):
+        target = base()
+        target.name = f"{base.name}-base"
+        target.label = f"{base.label} (baseline)"
+        target.root = checkout
+        target.script = script
+        TARGETS[target.name] = target
+        names.append(target.name)
+    return names
 
 
 TARGETS: dict[str, Target] = {

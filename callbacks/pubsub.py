@@ -51,7 +51,8 @@ class Options:
     join_auth: HookConfig | None = None
     #: A token claim listing the topic patterns its bearer may join (needs ``auth.jwt``).
     topics_claim: str | None = None
-    #: Commands per second per connection (a token bucket), and the burst above that rate.
+    #: Commands per second per network connection (a token bucket shared by the namespaces
+    #: of one Socket.IO session), and the burst above that rate.
     rate: float = 20.0
     burst: int = 40
     #: Commands refused for the rate (less those accepted since) before closing with 1008.
@@ -64,21 +65,17 @@ class Options:
             raise ValueError("rate, burst and max_rate_violations: expected positive numbers")
 
 
-class Session:
-    """One connection's pub/sub state: its writer, its subscription on each hub it joined
-    topics on, and its command rate (a token bucket)."""
+class CommandRate:
+    """A token bucket of commands, shared by the connections of one network connection
+    (the namespaces of one Socket.IO session), so that namespaces do not multiply it."""
 
-    __slots__ = ("hubs", "info", "path", "stamp", "tokens", "violations", "writer")
+    __slots__ = ("stamp", "tokens", "users", "violations")
 
-    def __init__(self, path: str, burst: int) -> None:
-        self.path = path
-        self.writer: Writer | None = None
-        #: Broker name -> the hub and this connection's subscription on it.
-        self.hubs: dict[str, tuple[Hub, Subscription]] = {}
-        self.info: ConnectionInfo | None = None
+    def __init__(self, burst: int) -> None:
         self.tokens = float(burst)
         self.stamp = time.monotonic()
         self.violations = 0
+        self.users = 0
 
     def take_token(self, rate: float, burst: int) -> bool:
         now = time.monotonic()
@@ -91,6 +88,21 @@ class Session:
             return True
         self.violations += 1
         return False
+
+
+class Session:
+    """One connection's pub/sub state: its writer, its subscription on each hub it joined
+    topics on, and its network connection's command rate."""
+
+    __slots__ = ("hubs", "info", "path", "rate", "writer")
+
+    def __init__(self, path: str, rate: CommandRate) -> None:
+        self.path = path
+        self.writer: Writer | None = None
+        #: Broker name -> the hub and this connection's subscription on it.
+        self.hubs: dict[str, tuple[Hub, Subscription]] = {}
+        self.info: ConnectionInfo | None = None
+        self.rate = rate
 
     def topic_count(self) -> int:
         return sum(len(hub.topics_of(sub)) for hub, sub in self.hubs.values())
@@ -113,6 +125,8 @@ class PubSub:
         self.options = options
         self.services = services
         self.authorizer = authorizer
+        #: Command rates by network connection (``ConnectionInfo.wire``).
+        self._rates: dict[str, CommandRate] = {}
         default = options.broker
         if default is not None and default not in services.hubs:
             raise LookupError(
@@ -124,11 +138,19 @@ class PubSub:
         return None
 
     def init(self, path: str, options: Options) -> Session:
-        session = Session(path, self.options.burst)
         try:
-            session.info = current_connection()
+            info: ConnectionInfo | None = current_connection()
         except LookupError:  # driven by hand (a test double), not by a transport
-            session.info = None
+            info = None
+        wire = info.wire if info is not None else ""
+        rate = self._rates.get(wire) if wire else None
+        if rate is None:
+            rate = CommandRate(self.options.burst)
+            if wire:
+                self._rates[wire] = rate
+        rate.users += 1
+        session = Session(path, rate)
+        session.info = info
         return session
 
     def open(self, writer: Writer, session: Session) -> Session:
@@ -139,8 +161,9 @@ class PubSub:
         writer = session.writer
         assert writer is not None
         options = self.options
-        if not session.take_token(options.rate, options.burst):
-            if session.violations > options.max_rate_violations:
+        rate = session.rate
+        if not rate.take_token(options.rate, options.burst):
+            if rate.violations > options.max_rate_violations:
                 raise CloseConnection(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
             writer.send(encode_error(f"rate limit exceeded (max {options.rate:g} commands/s)"))
             return session
@@ -156,6 +179,10 @@ class PubSub:
         return session
 
     async def terminate(self, session: Session) -> None:
+        rate = session.rate
+        rate.users -= 1
+        if not rate.users and session.info is not None:
+            self._rates.pop(session.info.wire, None)
         for hub, sub in list(session.hubs.values()):
             await hub.unregister(sub)
 

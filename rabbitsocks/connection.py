@@ -261,10 +261,13 @@ class Connection:
         "_code",
         "_finished",
         "_inbound",
+        "_limit",
         "_opened",
         "_paused",
         "_runner",
+        "_sendable",
         "_started",
+        "_write_shared",
         "callback",
         "host",
         "info",
@@ -289,6 +292,9 @@ class Connection:
         self.state = state
         self.host = host
         self.status = State.OPENING
+        self._sendable = True  # OPENING or OPEN: the hot path reads this, not ``status``
+        self._limit = host.max_outbound_bytes
+        self._write_shared = transport.write_shared
         self._code: int | None = None  # the close code, once known
         self._inbound: collections.deque[str | bytes] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -326,27 +332,26 @@ class Connection:
         except KeyError:
             raise RuntimeError(f"connection {self.info.id}: {event.value} in {old.value}") from None
         self.status = new
+        self._sendable = new is State.OPENING or new is State.OPEN
         if new is not old and logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %s (%s)", self.info.id, old.value, new.value, event.value)
 
     # --- Writer: what the callback can do ----------------------------------------------
 
     def send(self, frame: str | bytes) -> None:
-        if self.status is State.CLOSING or self.status is State.CLOSED:
+        if not self._sendable:
             return
         if not isinstance(frame, str | bytes):
             if not isinstance(frame, bytearray | memoryview):
                 raise TypeError(f"send() takes str or bytes, not {type(frame).__name__}")
             frame = bytes(frame)
         self.host.stats.frames_sent += 1
-        if not self.transport.write(frame, self.host.max_outbound_bytes):
+        if not self.transport.write(frame, self._limit):
             self._slow_consumer()
 
     def send_shared(self, frame: SharedFrame) -> None:
         """Send a frame encoded once for many connections (the fan-out path)."""
-        if self.status is State.CLOSING or self.status is State.CLOSED:
-            return
-        if not self.transport.write_shared(frame, self.host.max_outbound_bytes):
+        if self._sendable and not self._write_shared(frame, self._limit):
             self._slow_consumer()
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:

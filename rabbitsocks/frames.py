@@ -57,23 +57,24 @@ def encode_close(code: int, reason: str) -> bytes:
 class SharedFrame:
     """A frame sent to many connections, with its per-transport encodings cached."""
 
-    __slots__ = ("_transport_cache", "_websocket", "data")
+    __slots__ = ("_transport_cache", "data", "framed")
 
     def __init__(self, data: str | bytes) -> None:
         self.data = data
-        self._websocket: bytes | None = None
+        #: The WebSocket frame, once ``websocket()`` made it (read directly on the hot path).
+        self.framed: bytes | None = None
         self._transport_cache: dict[Any, Any] | None = None
 
     def websocket(self) -> bytes:
         """The whole WebSocket frame, header included."""
-        encoded = self._websocket
+        encoded = self.framed
         if encoded is None:
             data = self.data
             if isinstance(data, str):
                 encoded = encode_frame(data.encode("utf-8"), OP_TEXT)
             else:
                 encoded = encode_frame(data, OP_BINARY)
-            self._websocket = encoded
+            self.framed = encoded
         return encoded
 
     def cached(self, key: Any) -> Any:

@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from rabbitsocks.frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports import cut_later, cut_now
-from rabbitsocks.transports.batching import TurnBuffer, WriteBatcher
+from rabbitsocks.transports.batching import FLUSH_AT, TurnBuffer, WriteBatcher
 from rabbitsocks.transports.heartbeat import Heartbeat
 from rabbitsocks.wire.websocket import (
     Close,
@@ -73,6 +73,8 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         "_protocol",
         "_receiver",
         "_seen",
+        "_turn_base",
+        "_writable",
     )
 
     def __init__(
@@ -94,6 +96,8 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         self._group = -1
         self._seen = False
         self._pinged = False
+        self._writable = True  # until our close frame (or the peer's) is written
+        self._turn_base = 0  # what the socket held when this turn's first frame came
 
     def attach(self, receiver: Receiver, label: str) -> None:
         """Deliver to ``receiver`` from now on; ``label`` names the connection in logs."""
@@ -129,6 +133,7 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         return False  # a half-closed WebSocket is over: asyncio closes the socket
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._writable = False
         self._stop_heartbeat()
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -141,6 +146,7 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
     def _peer_close(self, close: Close, receiver: Receiver) -> None:
         tcp = self._tcp
         assert tcp is not None
+        self._writable = False
         if close.answer:  # the peer closed first: flush, answer, and end the TCP stream
             self.flush()
             tcp.write(close.answer)
@@ -161,6 +167,7 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         tcp = self._tcp
         if tcp is None or tcp.is_closing():
             return
+        self._writable = False
         self.flush()
         tcp.write(self._protocol.close(code, reason))
         tcp.close()
@@ -175,13 +182,35 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
 
     def write_framed(self, framed: bytes, limit: int) -> bool:
         """Queue a complete WebSocket frame. ``False`` when the peer had more than
-        ``limit`` bytes not yet read (judged before this frame, which is then dropped)."""
-        tcp = self._tcp
-        if tcp is None or tcp.is_closing() or self._protocol.state is not State.OPEN:
-            return True  # going away; connection_lost will tell the receiver
-        if self._pending_size + tcp.get_write_buffer_size() > limit:
+        ``limit`` bytes not yet read (judged before this frame, which is then dropped).
+
+        The hot path: the first frame of a turn asks the socket how much it holds; later
+        frames of the same turn add to that without asking again.
+        """
+        pending = self._pending
+        if pending is None:
+            tcp = self._tcp
+            if not self._writable or tcp is None or tcp.is_closing():
+                return True  # going away; connection_lost will tell the receiver
+            base = tcp.get_write_buffer_size()
+            if base > limit:
+                return False
+            self._turn_base = base
+            self._pending = framed
+            self._pending_size = len(framed)
+            self._batcher.add(self)
+            return True
+        size = self._pending_size
+        if size + self._turn_base > limit:
             return False
-        self._buffer(framed)
+        if type(pending) is bytes:
+            self._pending = [pending, framed]
+        else:
+            pending.append(framed)  # type: ignore[union-attr]
+        size += len(framed)
+        self._pending_size = size
+        if size >= FLUSH_AT:
+            self.flush()
         return True
 
     def write(self, frame: str | bytes, limit: int) -> bool:
@@ -190,7 +219,7 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         return self.write_framed(encode_frame(frame, OP_BINARY), limit)
 
     def write_shared(self, frame: SharedFrame, limit: int) -> bool:
-        return self.write_framed(frame.websocket(), limit)
+        return self.write_framed(frame.framed or frame.websocket(), limit)
 
     def close(self, code: int, reason: str) -> None:
         tcp = self._tcp
@@ -199,6 +228,7 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         closing = self._protocol.close(code, reason)
         if not closing:
             return
+        self._writable = False
         self.flush()  # what was sent before close() goes out before the close frame
         tcp.write(closing)
         self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, cut_now, tcp)
@@ -207,6 +237,7 @@ class WebSocketWire(TurnBuffer, asyncio.Protocol):
         """Slow consumer: queue a close frame behind the backlog, then cut the connection
         if the peer has not drained it within ``transports.ABORT_GRACE`` seconds."""
         tcp = self._tcp
+        self._writable = False
         self._discard_turn()  # not even this turn's frames: it is not reading
         if tcp is None or tcp.is_closing():
             return

@@ -20,3 +20,15 @@ def allow_if_vip(request: ConnectRequest) -> bool | Deny:
 async def only_public_topics(topics: list[str], connection: ConnectionInfo | None) -> Iterable[str]:
     assert connection is not None
     return [t for t in topics if t.startswith("public.")]
+
+
+#: Namespaces the ``namespaces_but_secret`` hook was asked about (``None``: the handshake).
+asked: list[str | None] = []
+
+
+def namespaces_but_secret(request: ConnectRequest) -> bool | Deny:
+    """Records what it is asked; refuses the Socket.IO namespace ``/secret``."""
+    asked.append(request.namespace)
+    if request.namespace == "/secret":
+        return Deny(403, "not this one")
+    return True
