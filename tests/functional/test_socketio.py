@@ -12,8 +12,10 @@ import engineio.payload
 import pytest
 import socketio
 
-from rabbitsocks import ConnectionRefused, Listener, start_listener
+from rabbitsocks import ConnectionRefused, Listener, Services, start_listener
 from rabbitsocks.config import LimitsConfig
+from tests.support.engineio import Poller
+from tests.support.rawws import RawWebSocket
 from tests.support.recorder import Recorder, State
 
 TRANSPORTS = {
@@ -255,6 +257,119 @@ async def test_frames_of_one_turn_keep_their_order_around_a_binary_event(mode: s
         assert got == [f"t{i}" for i in range(50)] + [b"\x00binary"] + [
             f"t{i}" for i in range(50, 100)
         ]
+    finally:
+        await client.sio.disconnect()
+        await handle.stop()
+
+
+async def test_nothing_overtakes_across_the_upgrade() -> None:
+    # Issue 12: python-engineio's writer took a packet off its queue before writing it, so
+    # a frame written straight to the socket could overtake it. Here a publisher runs
+    # through every step of a polling session's upgrade, by hand (engine.io's protocol:
+    # probe, noop to the pending poll, upgrade), and every message arrives once, in order,
+    # over whichever transport carried it.
+    services = Services.memory_only()
+    await services.start()
+    handle = await start_listener("127.0.0.1:0", "callbacks.pubsub", services=services)
+    broker = services.brokers["memory"]
+    stop_at: int | None = None
+    published = 0
+
+    async def publish() -> None:
+        nonlocal published
+        while stop_at is None or published < stop_at:
+            await broker.publish("seq", str(published).encode())
+            published += 1
+            await asyncio.sleep(0)  # one per turn of the loop: the steps interleave
+
+    def numbers(packets: list[str]) -> list[int]:
+        found = []
+        for packet in packets:
+            if packet.startswith("42"):
+                _, data = json.loads(packet[2:])
+                message = json.loads(data)
+                if message["topic"] == "seq":
+                    found.append(int(message["payload"]))
+        return found
+
+    received: list[int] = []
+    publisher: asyncio.Task[None] | None = None
+    try:
+        async with Poller(handle.port) as poller:
+            await poller.handshake()
+            await poller.connect("/")
+            await poller.send(json.dumps({"command": "join", "topics": ["seq"]}))
+            while not any("@join" in p for p in await poller.poll()):
+                pass
+            publisher = asyncio.create_task(publish())
+            for _ in range(3):
+                received += numbers(await poller.poll())
+            ws = await RawWebSocket.connect(
+                handle.port, f"/socket.io/?EIO=4&transport=websocket&sid={poller.sid}"
+            )
+            try:
+                await ws.send_text("2probe")
+                assert (await ws.recv_data()).text == "3probe"
+                received += numbers(await poller.poll())  # ended by the noop
+                received += numbers(await poller.poll())  # polling goes on until "5"
+                await ws.send_text("5")
+                stop_at = published + 500  # 500 more after the switch, then stop
+                await publisher
+                while len(received) < published:
+                    frame = await ws.recv_data()
+                    if frame.text == "2":
+                        await ws.send_text("3")
+                        continue
+                    received += numbers([frame.text])
+            finally:
+                ws.close()
+        assert received == list(range(published))
+    finally:
+        if publisher is not None:
+            publisher.cancel()
+        await handle.stop()
+        await services.close()
+
+
+class Alternate(Recorder):
+    """On "go:<gap>": binary and text frames alternately, ``gap`` loop turns apart."""
+
+    async def handle_frame(self, frame: str | bytes, state: State) -> State:
+        writer = state.writer
+        assert writer is not None
+        assert isinstance(frame, str)
+        gap = int(frame.split(":")[1])
+        for i in range(150):
+            writer.send(f"b{i}".encode())
+            for _ in range(gap):
+                await asyncio.sleep(0)
+            writer.send(f"t{i}")
+            for _ in range(gap):
+                await asyncio.sleep(0)
+        return state
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2, 3])
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+async def test_binary_and_text_frames_alternating_keep_their_order(
+    mode: str, gap: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Aimed at the window issue 12 describes in the old transport: a binary frame went
+    # through python-engineio's queue, a text frame straight to the socket when the queue
+    # looked empty, and the queue's writer had taken a packet without writing it yet.
+    # Frames alternate between the two kinds, some loop turns apart, so that every
+    # interleaving of "taken" and "written" is crossed.
+    monkeypatch.setattr(engineio.payload.Payload, "max_decode_packets", 10_000)  # see above
+    handle = await start_listener("127.0.0.1:0", Alternate())
+    client = Client()
+    try:
+        await client.connect(handle, TRANSPORTS[mode])
+        await client.sio.send(f"go:{gap}")
+        got = [await client.next() for _ in range(300)]
+        expected: list[str | bytes] = []
+        for i in range(150):
+            expected += [f"b{i}".encode(), f"t{i}"]
+        assert got == expected
     finally:
         await client.sio.disconnect()
         await handle.stop()
