@@ -193,11 +193,25 @@ class ServerCollector(Collector):
         async_failed = CounterMetricFamily(
             "rabbitsocks_rpc_async_failures", "PublishAsync messages that failed after ok=true."
         )
+        goridge_open = GaugeMetricFamily(
+            "rabbitsocks_rpc_goridge_connections", "Open goridge RPC connections."
+        )
+        goridge_cut = CounterMetricFamily(
+            "rabbitsocks_rpc_goridge_disconnects",
+            "goridge connections refused or closed by the server, by reason: max_connections,"
+            " read_timeout, idle_timeout.",
+            labels=["reason"],
+        )
         if rpc is not None:
             for (method, result), count in sorted(rpc.service.calls.items()):
                 calls.add_metric([method, result], count)
             async_failed.add_metric([], rpc.service.stats.failed)
-        yield from (calls, async_failed)
+        goridge = rpc.goridge if rpc is not None else None
+        goridge_open.add_metric([], goridge.connections if goridge is not None else 0)
+        for reason in ("max_connections", "read_timeout", "idle_timeout"):
+            count = goridge.stats.disconnects[reason] if goridge is not None else 0
+            goridge_cut.add_metric([reason], count)
+        yield from (calls, async_failed, goridge_open, goridge_cut)
 
 
 class AdminEndpoint:

@@ -333,6 +333,14 @@ class RpcConfig:
     max_request_size: int = 1024 * 1024
     #: Seconds ``Publish`` waits for the broker's confirms of a whole request.
     confirm_timeout: float = 10.0
+    #: Seconds a request may take to arrive once its first byte did (a goridge frame, an
+    #: HTTP body); a slower one is cut, so that a stalled sender holds no buffer for long.
+    read_timeout: float = 10.0
+    #: Open goridge connections; more are refused with a ``busy`` error.
+    goridge_max_connections: int = 1024
+    #: Seconds a goridge connection may stay silent between calls before it is closed; 0
+    #: never closes it (RoadRunner's PHP relay does not reconnect after the server hangs up).
+    goridge_idle_timeout: float = 0.0
     #: Browser origins allowed to call the HTTP endpoint (CORS), besides the pages of
     #: listeners with ``demo: true``. Back ends send no ``Origin`` and are not affected.
     cors_origins: tuple[str, ...] = field(default=(), metadata={"parse": _parse_origins_or_none})

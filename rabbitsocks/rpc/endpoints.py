@@ -14,7 +14,7 @@ from aiohttp import web
 
 from rabbitsocks.config import Interface, RpcConfig
 from rabbitsocks.errors import ConfigError
-from rabbitsocks.rpc.goridge_server import GoridgeServer, start_goridge_server
+from rabbitsocks.rpc.goridge_server import GoridgeLimits, GoridgeServer, start_goridge_server
 from rabbitsocks.rpc.http import make_rpc_app
 from rabbitsocks.rpc.service import PublishService
 from rabbitsocks.services import Services
@@ -53,15 +53,20 @@ class RpcEndpoints:
         if config.goridge is not None:
             iface = config.goridge
             try:
+                limits = GoridgeLimits(
+                    max_connections=config.goridge_max_connections,
+                    read_timeout=config.read_timeout,
+                    idle_timeout=config.goridge_idle_timeout,
+                )
                 self.goridge = await start_goridge_server(
-                    self.service, iface.host or "127.0.0.1", iface.port
+                    self.service, iface.host or "127.0.0.1", iface.port, limits
                 )
             except OSError as exc:
                 raise self._bind_error("rpc.goridge", iface, exc) from None
             self.urls.append(f"tcp://{_host(iface)}:{self.goridge.port} (goridge)")
         if config.http is not None:
             iface = config.http
-            app = make_rpc_app(self.service, config.token)
+            app = make_rpc_app(self.service, config.token, read_timeout=config.read_timeout)
             if self._cors is not None:
                 from rabbitsocks.demo import rpc_cors_middleware
 

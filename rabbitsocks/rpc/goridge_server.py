@@ -19,6 +19,20 @@ What a peer gets for bad input:
 
 None of this reaches other connections: each runs in its own task and every failure is
 contained there.
+
+What a connection may hold is bounded in number and in time (``GoridgeLimits``):
+
+* past ``max_connections`` open connections, a new one gets an error reply with ``seq`` 1
+  (``busy: too many goridge connections``) and is closed. The reply is sent before the
+  client asks: RoadRunner's PHP client and ours number the calls of a new connection from 1,
+  so the first call reads it as its answer and fails with that text instead of a bare EOF;
+* a frame must arrive whole within ``read_timeout`` seconds of its first byte, so a client
+  that sends half a large frame and stalls does not keep its buffer; the connection is cut;
+* a connection silent between calls for ``idle_timeout`` seconds is closed (0, the default,
+  never closes one: RoadRunner's PHP relay does not reconnect after the server hangs up).
+
+Each refusal or cut is one log line (the refusals: one when the cap is reached and one when
+it is left) and a count in ``GoridgeStats``.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from rabbitsocks.rpc.goridge import (
@@ -47,7 +62,7 @@ from rabbitsocks.rpc.service import (
     error_kind,
 )
 
-__all__ = ["GoridgeServer", "start_goridge_server"]
+__all__ = ["GoridgeLimits", "GoridgeServer", "GoridgeStats", "start_goridge_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +70,29 @@ _READ_SIZE = 64 * 1024
 # Room for the method name on top of the request body; RoadRunner's names are ~25 bytes.
 _METHOD_NAME_ROOM = 1024
 _CODEC_ENCODINGS = {Flag.CODEC_PROTO: Encoding.PROTOBUF, Flag.CODEC_JSON: Encoding.JSON}
+
+
+@dataclass(frozen=True, slots=True)
+class GoridgeLimits:
+    """What goridge connections may hold: how many, and for how long without progress."""
+
+    #: Open connections; more are refused with a ``busy`` error reply.
+    max_connections: int = 1024
+    #: Seconds a frame may take to arrive once its first byte did.
+    read_timeout: float = 10.0
+    #: Seconds a connection may stay silent between calls; 0 never closes it.
+    idle_timeout: float = 0.0
+
+
+@dataclass(slots=True)
+class GoridgeStats:
+    """Counters for the metrics endpoint."""
+
+    #: Connections accepted (refused ones are not).
+    accepted: int = 0
+    #: Connections closed by us, by reason: "max_connections" (refused), "read_timeout",
+    #: "idle_timeout".
+    disconnects: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(eq=False)
@@ -68,12 +106,22 @@ class _Connection:
 class GoridgeServer:
     """A running goridge RPC listener; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, service: PublishService) -> None:
+    def __init__(self, service: PublishService, limits: GoridgeLimits | None = None) -> None:
         self.service = service
+        self.limits = limits or GoridgeLimits()
+        self.stats = GoridgeStats()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        # Set while connections are being refused for the cap: logged when it starts and
+        # when it ends, not once per refused connection.
+        self._refused_since_full = -1
         # The JSON codec may carry base64 payloads, so frames get the larger wire limit.
         self._max_payload = service.wire_limit(Encoding.JSON) + _METHOD_NAME_ROOM
+
+    @property
+    def connections(self) -> int:
+        """Open connections."""
+        return len(self._connections)
 
     @property
     def port(self) -> int:
@@ -108,9 +156,13 @@ class GoridgeServer:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if len(self._connections) >= self.limits.max_connections:
+            await self._refuse(writer, peer)
+            return
         connection = _Connection(writer, task=asyncio.current_task())
         self._connections.add(connection)
-        peer = writer.get_extra_info("peername")
+        self.stats.accepted += 1
         try:
             await self._serve_calls(connection, reader)
         except ConnectionError as exc:
@@ -124,12 +176,57 @@ class GoridgeServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+            if self._refused_since_full >= 0:
+                logger.info(
+                    "goridge: accepting connections again (%d refused meanwhile)",
+                    self._refused_since_full,
+                )
+                self._refused_since_full = -1
+
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: object) -> None:
+        """Answer the first call of a connection past the cap with ``busy``, and close."""
+        limit = self.limits.max_connections
+        self.stats.disconnects["max_connections"] += 1
+        if self._refused_since_full < 0:
+            logger.warning(
+                "goridge: %d connections are open (rpc.goridge_max_connections): refusing"
+                " new ones, starting with %s",
+                limit,
+                peer,
+            )
+            self._refused_since_full = 0
+        self._refused_since_full += 1
+        message = (
+            f"{ErrorKind.BUSY.value}: too many goridge connections (max {limit}); try again later"
+        )
+        # seq 1: the number both RoadRunner's PHP client and ours give the first call.
+        writer.write(encode_error(1, "", message))
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     async def _serve_calls(self, connection: _Connection, reader: asyncio.StreamReader) -> None:
         decoder = FrameDecoder(self._max_payload)
         writer = connection.writer
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        # When the frame being received started to arrive, and when the last call was
+        # answered: the read deadline is counted from the first, the idle one from the second.
+        frame_started = idle_since = loop.time()
         while not connection.closing:
-            data = await reader.read(_READ_SIZE)
+            deadline: float | None = None
+            if decoder.buffered:
+                deadline = frame_started + limits.read_timeout
+            elif limits.idle_timeout > 0:
+                deadline = idle_since + limits.idle_timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(_READ_SIZE)
+            except TimeoutError:
+                self._timed_out(writer, decoder)
+                return
+            if not decoder.buffered:
+                frame_started = loop.time()
             if not data:
                 try:
                     decoder.feed_eof()
@@ -163,6 +260,26 @@ class GoridgeServer:
                     await writer.drain()
                 finally:
                     connection.busy = False
+                    idle_since = frame_started = loop.time()
+
+    def _timed_out(self, writer: asyncio.StreamWriter, decoder: FrameDecoder) -> None:
+        peer = writer.get_extra_info("peername")
+        if decoder.buffered:
+            self.stats.disconnects["read_timeout"] += 1
+            logger.info(
+                "goridge %s: closing: %d bytes of a frame arrived, the rest not within %gs"
+                " (rpc.read_timeout)",
+                peer,
+                decoder.buffered,
+                self.limits.read_timeout,
+            )
+        else:
+            self.stats.disconnects["idle_timeout"] += 1
+            logger.info(
+                "goridge %s: closing after %gs without a call (rpc.goridge_idle_timeout)",
+                peer,
+                self.limits.idle_timeout,
+            )
 
     async def _answer(self, call: Call) -> bytes:
         """The reply frame to ``call``: the Response, or an error reply."""
@@ -194,9 +311,12 @@ def _describe_frame_error(exc: FrameError) -> str:
 
 
 async def start_goridge_server(
-    service: PublishService, host: str = "127.0.0.1", port: int = 6001
+    service: PublishService,
+    host: str = "127.0.0.1",
+    port: int = 6001,
+    limits: GoridgeLimits | None = None,
 ) -> GoridgeServer:
     """Serve ``service`` over goridge on ``host:port`` (port 0 picks a free one)."""
-    server = GoridgeServer(service)
+    server = GoridgeServer(service, limits)
     await server.start(host, port)
     return server

@@ -10,6 +10,7 @@ whatever the request's encoding:
 401   the bearer token is missing or wrong (only when a token is configured)
 404   unknown method
 405   not a POST (aiohttp)
+408   the body did not arrive within the read timeout (the connection is closed)
 413   the body is over the size limit
 415   the Content-Type is neither protobuf nor JSON
 502   the broker refused the publish (nack, returned unroutable)
@@ -25,6 +26,7 @@ which answered badly or not in time; clients can retry a 503 and should treat a 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Mapping
@@ -88,9 +90,12 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 class RpcHandler:
     """The aiohttp handler of ``POST <prefix>/{method}``."""
 
-    def __init__(self, service: PublishService, token: str | None = None) -> None:
+    def __init__(
+        self, service: PublishService, token: str | None = None, read_timeout: float = 10.0
+    ) -> None:
         self.service = service
         self._token = token.encode("utf-8") if token else None
+        self._read_timeout = read_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Serve one call."""
@@ -111,7 +116,21 @@ class RpcHandler:
                     f"unsupported Content-Type {request.content_type!r}; "
                     f"use {PROTOBUF_CONTENT_TYPE} or {JSON_CONTENT_TYPE}",
                 )
-            body = await self._read_body(request, self.service.wire_limit(encoding))
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    body = await self._read_body(request, self.service.wire_limit(encoding))
+            except TimeoutError:
+                # A sender that stalls mid-body would otherwise keep what it sent for as
+                # long as it keeps the connection (RFC 9110 section 15.5.9: 408, and close).
+                logger.info(
+                    "HTTP RPC from %s: no complete body within %gs",
+                    request.remote,
+                    self._read_timeout,
+                )
+                late = f"the body did not arrive within {self._read_timeout:g}s"
+                timed_out = _error(408, f"{ErrorKind.INVALID_REQUEST.value}: {late}")
+                timed_out.force_close()
+                return timed_out
             if body is None:
                 limit = self.service.wire_limit(encoding)
                 return _error(413, f"{ErrorKind.TOO_LARGE.value}: the body is over {limit} bytes")
@@ -157,13 +176,18 @@ def add_rpc_routes(
     *,
     token: str | None = None,
     prefix: str = "/rpc",
+    read_timeout: float = 10.0,
 ) -> None:
     """Add ``POST {prefix}/{method}`` serving ``service`` to an existing app."""
-    app.router.add_post(f"{prefix.rstrip('/')}/{{method}}", RpcHandler(service, token).handle)
+    handler = RpcHandler(service, token, read_timeout)
+    app.router.add_post(f"{prefix.rstrip('/')}/{{method}}", handler.handle)
 
 
-def make_rpc_app(service: PublishService, token: str | None = None) -> web.Application:
-    """An app serving only ``POST /rpc/{method}``; ``token`` enables bearer auth."""
+def make_rpc_app(
+    service: PublishService, token: str | None = None, *, read_timeout: float = 10.0
+) -> web.Application:
+    """An app serving only ``POST /rpc/{method}``; ``token`` enables bearer auth;
+    ``read_timeout`` bounds the seconds a body may take to arrive."""
     app = web.Application()
-    add_rpc_routes(app, service, token=token)
+    add_rpc_routes(app, service, token=token, read_timeout=read_timeout)
     return app
