@@ -29,6 +29,7 @@ import orjson
 
 from rabbitsocks.connection import ConnectionInfo, ConnectRequest
 from rabbitsocks.errors import ConfigError, ConnectionRefused
+from rabbitsocks.logs import redact_url, scrub
 from rabbitsocks.topics import pattern_covers
 
 if TYPE_CHECKING:
@@ -170,7 +171,8 @@ class Hook:
         self.url = url
         self.timeout = timeout
         self.session = session
-        self.name = name or url or getattr(target, "__qualname__", "hook")
+        # What logs call it: an endpoint's URL may carry credentials (userinfo, ?key=).
+        self.name = name or (redact_url(url) if url else getattr(target, "__qualname__", "hook"))
 
     async def call(self, *args: Any) -> Any:
         assert self.target is not None
@@ -195,10 +197,12 @@ class Hook:
                     body = await response.read()
                     return response.status, response.headers, body
         except TimeoutError:
-            logger.warning("authorization endpoint %s timed out", self.url)
+            logger.warning("authorization endpoint %s timed out", self.name)
             raise AuthDenied(503, "authorization timed out") from None
         except aiohttp.ClientError as exc:
-            logger.warning("authorization endpoint %s failed: %s", self.url, exc)
+            # aiohttp's text can quote the URL it was given, credentials and all.
+            reason = scrub(str(exc)) or type(exc).__name__
+            logger.warning("authorization endpoint %s failed: %s", self.name, reason)
             raise AuthDenied(503, "authorization unavailable") from None
 
 
@@ -216,7 +220,9 @@ def load_hook(
         raise ConfigError(source, key, "expected either callable or url, not both")
     if url:
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(source, f"{key}.url", f"expected an http(s) URL, got {url!r}")
+            raise ConfigError(
+                source, f"{key}.url", f"expected an http(s) URL, got {redact_url(url)!r}"
+            )
         return Hook(url=url, timeout=timeout, session=session)
     if not callable_spec:
         return None

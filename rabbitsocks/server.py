@@ -40,6 +40,7 @@ from rabbitsocks.config import (
 )
 from rabbitsocks.connection import CLOSE_GOING_AWAY
 from rabbitsocks.errors import CallbackLoadError, ConfigError
+from rabbitsocks.httplog import install_aiohttp_log_filter
 from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
@@ -77,6 +78,9 @@ class Listener:
         app: web.Application | None = None,
         reuse_port: bool = False,
     ) -> None:
+        # aiohttp logs a malformed request with its bytes (a ?token=, a cookie) and a
+        # traceback: one line of ours instead, whoever set up the logging.
+        install_aiohttp_log_filter()
         self.config = config
         self.callback = callback
         self.options = config.options
