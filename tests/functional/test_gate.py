@@ -104,6 +104,10 @@ async def guarded() -> AsyncIterator[Listener]:
         ("https://a.example.org:8443", False),
         ("https://evil.com", False),
         ("https://app.example.com.evil.com", False),
+        ("https://evil.com#.example.org", False),
+        ("https://evil.com?.example.org", False),
+        ("https://evil.com%2f.example.org", False),
+        ("https://user@a.example.org", False),
         ("null", False),
     ],
 )
