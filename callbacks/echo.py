@@ -5,16 +5,22 @@ The smallest complete callback module, and a model for your own: five plain func
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from rabbitsocks import Writer
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Echo takes no options: an empty ``Options`` makes any ``options`` key a
+    configuration error instead of a setting silently ignored."""
 
 
 def subprotocol_name() -> str:
     return "echo"
 
 
-def init(path: str, options: Any) -> None:
+def init(path: str, options: Options) -> None:
     return None
 
 

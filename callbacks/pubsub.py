@@ -12,12 +12,12 @@ This module is thin glue: ``rabbitsocks.pubsub.protocol`` parses and encodes, th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitsocks import ConnectionInfo, ListenerContext, Writer, current_connection
 from rabbitsocks.auth import JoinAuthorizer, hook_from_config
-from rabbitsocks.config import HookConfig
+from rabbitsocks.config import HookConfig, above, at_least, one_of
 from rabbitsocks.connection import CLOSE_POLICY_VIOLATION
 from rabbitsocks.errors import CloseConnection, InvalidTopic, ProtocolError, UnknownBroker
 from rabbitsocks.pubsub.hub import Hub, JoinResult, Subscription
@@ -39,30 +39,28 @@ __all__ = ["Options", "PubSub", "setup"]
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """The pubsub listener options (``listeners[].options`` in the configuration)."""
+    """The pubsub listener options (``listeners[].options`` in the configuration).
+
+    The metadata is checked when the configuration is resolved (``rabbitsocks check`` and
+    ``serve`` alike): ``broker`` must name a configured broker, the numbers their bounds.
+    """
 
     #: Broker used by commands that name none; ``None``: the process's default broker.
-    broker: str | None = None
+    broker: str | None = field(default=None, metadata=one_of("brokers"))
     #: Allow ``*`` and ``#`` patterns in ``join``.
     wildcards: bool = True
     #: Topics one connection may have joined at once; more are refused with ``#join``.
-    max_topics: int = 100
+    max_topics: int = field(default=100, metadata=at_least(1))
     #: Join authorization (RoadRunner's ``ws:joinTopics``): a callable or an HTTP endpoint.
     join_auth: HookConfig | None = None
     #: A token claim listing the topic patterns its bearer may join (needs ``auth.jwt``).
     topics_claim: str | None = None
     #: Commands per second per network connection (a token bucket shared by the namespaces
     #: of one Socket.IO session), and the burst above that rate.
-    rate: float = 20.0
-    burst: int = 40
+    rate: float = field(default=20.0, metadata=above(0))
+    burst: int = field(default=40, metadata=at_least(1))
     #: Commands refused for the rate (less those accepted since) before closing with 1008.
-    max_rate_violations: int = 100
-
-    def __post_init__(self) -> None:
-        if self.max_topics < 1:
-            raise ValueError("max_topics: expected a positive integer")
-        if self.rate <= 0 or self.burst < 1 or self.max_rate_violations < 1:
-            raise ValueError("rate, burst and max_rate_violations: expected positive numbers")
+    max_rate_violations: int = field(default=100, metadata=at_least(1))
 
 
 class CommandRate:

@@ -23,6 +23,7 @@ from rabbitsocks.callback import options_mapping
 from rabbitsocks.config import ENVIRONMENT, Config, default_config_path, load_config
 from rabbitsocks.errors import ConfigError, RabbitSocksError
 from rabbitsocks.logs import configure_logging, mask_url
+from rabbitsocks.plan import Plan, plan_config
 from rabbitsocks.publish_cli import add_publish_parser, publish_command
 
 __all__ = ["main"]
@@ -92,18 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         config = load_config(args.config)
+        # check and serve resolve the callbacks the same way, so that what one accepts
+        # the other does; publish needs no callback.
+        plan = plan_config(config) if args.command in ("check", "serve") else None
     except ConfigError as exc:
         print(f"rabbitsocks: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if plan is not None:
+        config = plan.config
     if args.command == "check":
-        from rabbitsocks.server import tls_context
-
-        try:
-            for listener in config.listeners:
-                tls_context(listener, config.source)  # what serve would load
-        except ConfigError as exc:
-            print(f"rabbitsocks: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
         print(describe(config))
         return 0
     if args.command == "publish":
@@ -138,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             passthrough += ["--log-level", args.log_level]
         return supervise(args.workers, passthrough, config.shutdown_timeout + 5)
     try:
-        _run(serve(config, worker=worker, workers=workers), args.loop)
+        _run(serve(config, worker=worker, workers=workers, plan=plan), args.loop)
     except ConfigError as exc:
         print(f"rabbitsocks: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -209,11 +207,13 @@ def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) ->
     loop.add_reader(fd, readable)
 
 
-async def serve(config: Config, *, worker: int = 0, workers: int = 1) -> None:
+async def serve(
+    config: Config, *, worker: int = 0, workers: int = 1, plan: Plan | None = None
+) -> None:
     """Run ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
     from rabbitsocks.server import Server
 
-    server = Server(config, worker=worker, workers=workers)
+    server = Server(config, worker=worker, workers=workers, plan=plan)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,8 +6,12 @@ one line naming the file, the key path and what was expected::
     config/x.yaml: listeners[0].websocket.heartbeat: expected a number, got 'often' (str)
 
 The schema is the dataclasses below: a generic parser walks their type hints, so adding a
-key is adding a field. A callback module may declare an ``Options`` dataclass; the
-listener's ``options`` mapping is parsed against it with the same parser.
+key is adding a field. A field's metadata can bound it (``above(0)``, ``at_least(1)``) or
+tie it to names configured elsewhere (``one_of("brokers")``); the parser checks both, with
+the key in the message. A callback module may declare an ``Options`` dataclass; the
+listener's ``options`` mapping is parsed against it with the same parser, but not here:
+this module is pure (no user module is imported while YAML is read), and ``plan.py``
+resolves callbacks and their options once, for ``check`` and ``serve`` alike.
 
 Environment overrides (``RABBITSOCKS_*``) are applied after the file is read; see
 ``ENVIRONMENT`` for the list.
@@ -16,20 +20,21 @@ Environment overrides (``RABBITSOCKS_*``) are applied after the file is read; se
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
-from rabbitsocks.callback import import_callback, options_type
-from rabbitsocks.errors import CallbackLoadError, ConfigError
-from rabbitsocks.logs import mask_url
+from rabbitsocks.errors import ConfigError
+from rabbitsocks.logs import mask_url, redact_url
 from rabbitsocks.origins import validate_origin_entry
 
 __all__ = [
@@ -48,8 +53,12 @@ __all__ = [
     "SocketIOConfig",
     "TlsConfig",
     "WebSocketConfig",
+    "above",
+    "at_least",
+    "check_fields",
     "default_config_path",
     "load_config",
+    "one_of",
     "parse_config",
     "parse_interface",
     "parse_options",
@@ -77,6 +86,25 @@ T = TypeVar("T")
 
 class _Invalid(Exception):
     """A value does not fit: the message says what was expected. Internal to parsing."""
+
+
+# --- field metadata the parser checks ------------------------------------------------------
+
+
+def at_least(bound: float) -> dict[str, Any]:
+    """Metadata of a numeric field that must be ``>= bound``."""
+    return {"min": bound}
+
+
+def above(bound: float) -> dict[str, Any]:
+    """Metadata of a numeric field that must be ``> bound``."""
+    return {"min": bound, "min_exclusive": True}
+
+
+def one_of(names: str) -> dict[str, Any]:
+    """Metadata of a field naming something configured elsewhere: ``one_of("brokers")``
+    must be ``None`` or one of the names the parser is given as ``choices["brokers"]``."""
+    return {"one_of": names}
 
 
 # --- value types with their own syntax ---------------------------------------------------
@@ -161,9 +189,9 @@ class WebSocketConfig:
     #: Interval of server pings: a connection silent for an interval is pinged, and cut if
     #: still silent an interval later. 0 turns server pings off (client pings are always
     #: answered).
-    heartbeat: float = 20.0
+    heartbeat: float = field(default=20.0, metadata=at_least(0))
     #: Largest message accepted from a client, in bytes; larger ones close with 1009.
-    max_frame_size: int = 1024 * 1024
+    max_frame_size: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Negotiate permessage-deflate (RFC 7692). It costs CPU and ~100 KiB per connection.
     compress: bool = False
 
@@ -174,12 +202,12 @@ class SocketIOConfig:
 
     enabled: bool = True
     #: Engine.IO ping interval and timeout, in seconds.
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
+    ping_interval: float = field(default=25.0, metadata=above(0))
+    ping_timeout: float = field(default=20.0, metadata=above(0))
     #: Largest Engine.IO message or polling payload accepted from a client, in bytes.
-    max_frame_size: int = 1024 * 1024
+    max_frame_size: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Engine.IO packets one polling request may carry.
-    max_packets_per_payload: int = 64
+    max_packets_per_payload: int = field(default=64, metadata=at_least(1))
     #: Transports clients may use: ``polling`` (HTTP long-polling, socket.io-client's first
     #: step unless told otherwise) and ``websocket``. Without ``polling``, a load balancer
     #: needs no sticky sessions (every session is one WebSocket connection).
@@ -216,11 +244,13 @@ class HookConfig:
     #: An endpoint rabbitsocks POSTs the request to, as JSON; 200 allows.
     url: str | None = None
     #: Seconds to wait for the endpoint; no answer in time refuses (connect: 503).
-    timeout: float = 5.0
+    timeout: float = field(default=5.0, metadata=above(0))
 
     def __post_init__(self) -> None:
         if (self.callable is None) == (self.url is None):
             raise ValueError("expected exactly one of callable and url")
+        if self.url is not None:
+            _check_http_url(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,18 +285,18 @@ class LimitsConfig:
     """Per-connection resource limits."""
 
     #: Open connections on this listener; more are refused with HTTP 503.
-    max_connections: int = 20_000
+    max_connections: int = field(default=20_000, metadata=at_least(1))
     #: Open connections from one remote address; more are refused with HTTP 503.
-    max_connections_per_address: int = 1_000
+    max_connections_per_address: int = field(default=1_000, metadata=at_least(1))
     #: Seconds a client has to send its handshake request, and the server to authorize it.
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = field(default=10.0, metadata=above(0))
 
     #: Bytes queued for one peer before it is closed as a slow consumer (4008).
-    max_outbound_bytes: int = 1024 * 1024
+    max_outbound_bytes: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Frames queued for one peer before it is closed as a slow consumer (4008).
-    max_outbound_frames: int = 4096
+    max_outbound_frames: int = field(default=4096, metadata=at_least(1))
     #: Frames received and not yet handled before the peer is closed (1008).
-    max_inbound_frames: int = 256
+    max_inbound_frames: int = field(default=256, metadata=at_least(1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,17 +360,17 @@ class RpcConfig:
     #: Bearer token required by the HTTP endpoint; ``RABBITSOCKS_RPC_TOKEN`` overrides it.
     token: str | None = None
     #: Largest request accepted, in bytes of protobuf.
-    max_request_size: int = 1024 * 1024
+    max_request_size: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Seconds ``Publish`` waits for the broker's confirms of a whole request.
-    confirm_timeout: float = 10.0
+    confirm_timeout: float = field(default=10.0, metadata=above(0))
     #: Seconds a request may take to arrive once its first byte did (a goridge frame, an
     #: HTTP body); a slower one is cut, so that a stalled sender holds no buffer for long.
-    read_timeout: float = 10.0
+    read_timeout: float = field(default=10.0, metadata=above(0))
     #: Open goridge connections; more are refused with a ``busy`` error.
-    goridge_max_connections: int = 1024
+    goridge_max_connections: int = field(default=1024, metadata=at_least(1))
     #: Seconds a goridge connection may stay silent between calls before it is closed; 0
     #: never closes it (RoadRunner's PHP relay does not reconnect after the server hangs up).
-    goridge_idle_timeout: float = 0.0
+    goridge_idle_timeout: float = field(default=0.0, metadata=at_least(0))
     #: Browser origins allowed to call the HTTP endpoint (CORS), besides the pages of
     #: listeners with ``demo: true``. Back ends send no ``Origin`` and are not affected.
     cors_origins: tuple[str, ...] = field(default=(), metadata={"parse": _parse_origins_or_none})
@@ -372,7 +402,7 @@ class Config:
     admin: Interface | None = field(default=None, metadata={"parse": parse_private_interface})
     log: LogConfig = field(default_factory=LogConfig)
     #: Seconds allowed for a graceful shutdown before remaining connections are dropped.
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: float = field(default=10.0, metadata=at_least(0))
     #: Where this configuration came from, for error messages.
     source: str = field(default="<config>", metadata={"yaml": False})
 
@@ -400,7 +430,11 @@ def _show(value: object) -> str:
 _EXPECTED_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def _parse_value(tp: Any, raw: object, key: str) -> Any:
+#: Names configured elsewhere that ``one_of`` fields refer to: ``{"brokers": (...)}``.
+Choices = Mapping[str, Sequence[str]]
+
+
+def _parse_value(tp: Any, raw: object, key: str, choices: Choices | None = None) -> Any:
     """Parse ``raw`` as type ``tp``; raise ``_KeyedInvalid`` naming ``key`` on a mismatch."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -410,12 +444,12 @@ def _parse_value(tp: Any, raw: object, key: str) -> Any:
         if raw is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _parse_value(inner, raw, key)
+        return _parse_value(inner, raw, key, choices)
     if origin is Literal:
         if raw in args and type(raw) is type(args[0]):
             return raw
-        choices = ", ".join(repr(a) for a in args)
-        raise _KeyedInvalid(key, f"expected one of {choices}, got {_show(raw)}")
+        names = ", ".join(repr(a) for a in args)
+        raise _KeyedInvalid(key, f"expected one of {names}, got {_show(raw)}")
     if tp in _EXPECTED_NAMES:
         ok = (
             isinstance(raw, bool)
@@ -425,11 +459,15 @@ def _parse_value(tp: Any, raw: object, key: str) -> Any:
         )
         if not ok:
             raise _KeyedInvalid(key, f"expected {_EXPECTED_NAMES[tp]}, got {_show(raw)}")
+        if tp is float and not math.isfinite(raw):  # type: ignore[arg-type]
+            raise _KeyedInvalid(key, f"expected a finite number, got {_show(raw)}")
         return float(raw) if tp is float else raw  # type: ignore[arg-type]
     if origin is tuple:
         if not isinstance(raw, list):
             raise _KeyedInvalid(key, f"expected a list, got {_show(raw)}")
-        return tuple(_parse_value(args[0], item, f"{key}[{i}]") for i, item in enumerate(raw))
+        return tuple(
+            _parse_value(args[0], item, f"{key}[{i}]", choices) for i, item in enumerate(raw)
+        )
     if origin in (Mapping, dict):
         if not isinstance(raw, dict):
             raise _KeyedInvalid(key, f"expected a mapping, got {_show(raw)}")
@@ -437,10 +475,10 @@ def _parse_value(tp: Any, raw: object, key: str) -> Any:
         for name, value in raw.items():
             if not isinstance(name, str):
                 raise _KeyedInvalid(key, f"expected string keys, got {_show(name)}")
-            out[name] = _parse_value(args[1], value, f"{key}.{name}")
+            out[name] = _parse_value(args[1], value, f"{key}.{name}", choices)
         return out
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _parse_dataclass(tp, raw, key)
+        return _parse_dataclass(tp, raw, key, choices)
     raise TypeError(f"no parser for {tp!r}")  # a bug in the schema, not in the file
 
 
@@ -451,7 +489,7 @@ class _KeyedInvalid(Exception):
         super().__init__(f"{key}: {message}")
 
 
-def _parse_dataclass(cls: type[T], raw: object, key: str) -> T:
+def _parse_dataclass(cls: type[T], raw: object, key: str, choices: Choices | None = None) -> T:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -462,7 +500,8 @@ def _parse_dataclass(cls: type[T], raw: object, key: str) -> T:
         if name not in fields:
             where = f"{key}.{name}" if key else str(name)
             known = ", ".join(fields)
-            raise _KeyedInvalid(where, f"unknown key (expected one of: {known})")
+            expected = f"expected one of: {known}" if known else "expected no keys here"
+            raise _KeyedInvalid(where, f"unknown key ({expected})")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         where = f"{key}.{name}" if key else name
@@ -477,12 +516,70 @@ def _parse_dataclass(cls: type[T], raw: object, key: str) -> T:
             except _Invalid as exc:
                 raise _KeyedInvalid(where, str(exc)) from None
         else:
-            values[name] = _parse_value(hints[name], raw[name], where)
+            values[name] = _parse_value(hints[name], raw[name], where, choices)
+        _check_field(f.metadata, values[name], where, choices)
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
         # __post_init__ checks of a callback's Options land here.
         raise _KeyedInvalid(key, str(exc)) from None
+
+
+def _check_field(meta: Mapping[str, Any], value: Any, where: str, choices: Choices | None) -> None:
+    """The checks a field's metadata asks for (``at_least``, ``above``, ``one_of``)."""
+    bound = meta.get("min")
+    if bound is not None and isinstance(value, int | float):
+        exclusive = meta.get("min_exclusive", False)
+        if not (value > bound if exclusive else value >= bound) or not math.isfinite(value):
+            what = "an integer" if isinstance(value, int) else "a number"
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            op = ">" if exclusive else ">="
+            raise _KeyedInvalid(where, f"expected {what} {op} {bound:g}, got {shown!r}")
+    names = meta.get("one_of")
+    if names is not None and value is not None and choices is not None and names in choices:
+        known = choices[names]
+        if value not in known:
+            raise _KeyedInvalid(
+                where, f"expected one of the configured {names} ({', '.join(known)}), got {value!r}"
+            )
+
+
+def check_fields(
+    obj: Any, key: str, choices: Choices | None = None, *, source: str = "<api>"
+) -> None:
+    """Check a dataclass built in code (not parsed) as the parser checks one it builds:
+    the metadata of its fields and of the dataclasses it holds. ``ConfigError`` if not."""
+    try:
+        _check_fields(obj, key, choices)
+    except _KeyedInvalid as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
+
+
+def _check_fields(obj: Any, key: str, choices: Choices | None) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{key}.{f.name}" if key else f.name
+        _check_field(f.metadata, value, where, choices)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _check_fields(value, where, choices)
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                    _check_fields(item, f"{where}[{i}]", choices)
+
+
+def _check_http_url(url: str) -> None:
+    """An authorization endpoint must be an http(s) URL a client can use as written."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number: a password with an unencoded "/"?
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(
+            f"url: expected an http(s) URL (percent-encode a password's reserved"
+            f" characters), got {redact_url(url)!r}"
+        )
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -500,11 +597,11 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    import_callbacks: bool = True,
 ) -> Config:
     """Read, validate and return a configuration file (the default one when ``path`` is None).
 
-    Raises ``ConfigError`` on the first mistake found.
+    Raises ``ConfigError`` on the first mistake found. Callback modules are not imported
+    here (their options stay a raw mapping): see ``rabbitsocks.plan``.
     """
     file = Path(path) if path is not None else default_config_path()
     source = str(path) if path is not None else str(file)
@@ -521,7 +618,7 @@ def load_config(
         where = f"line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(source, where, f"not valid YAML: {problem}") from None
-    return parse_config(raw, source=source, environ=environ, import_callbacks=import_callbacks)
+    return parse_config(raw, source=source, environ=environ)
 
 
 def parse_config(
@@ -529,7 +626,6 @@ def parse_config(
     *,
     source: str = "<config>",
     environ: Mapping[str, str] | None = None,
-    import_callbacks: bool = True,
 ) -> Config:
     """Validate an already-parsed YAML document. See ``load_config``."""
     env = os.environ if environ is None else environ
@@ -549,10 +645,6 @@ def parse_config(
     )
     config = _apply_environment(config, env)
     _check_brokers(config)
-    if import_callbacks:
-        config = dataclasses.replace(
-            config, listeners=tuple(_load_callback(config, li) for li in config.listeners)
-        )
     return config
 
 
@@ -613,30 +705,28 @@ def _check_brokers(config: Config) -> None:
         ports[port] = key.removesuffix(".interface")
 
 
-def _load_callback(config: Config, listener: ListenerConfig) -> ListenerConfig:
+def parse_options(
+    schema: type[Any] | None, raw: object, key: str = "options", choices: Choices | None = None
+) -> Any:
+    """A listener's options parsed against a callback's ``Options`` dataclass (``schema``):
+    a mapping is parsed, an instance is checked; without a schema the mapping is kept as is.
+    ``choices`` gives the names ``one_of`` fields may take. Raises ``ConfigError`` with
+    ``source`` left to the caller (``<options>``); ``plan.py`` is where it is called."""
     try:
-        target = import_callback(listener.callback)
-    except CallbackLoadError as exc:
-        raise ConfigError(config.source, f"{listener.key}.callback", str(exc)) from None
-    try:
-        options = parse_options(target, listener.options, f"{listener.key}.options")
+        if schema is None:
+            if raw is None:
+                return {}
+            if not isinstance(raw, Mapping):
+                raise _KeyedInvalid(key, f"expected a mapping, got {_show(raw)}")
+            return raw
+        if isinstance(raw, schema):
+            _check_fields(raw, key, choices)
+            return raw
+        if isinstance(raw, Mapping) and not isinstance(raw, dict):
+            raw = dict(raw)
+        return _parse_dataclass(schema, raw, key, choices)
     except _KeyedInvalid as exc:
-        raise ConfigError(config.source, exc.key, exc.message) from None
-    return dataclasses.replace(listener, options=options)
-
-
-def parse_options(target: object, raw: object, key: str = "options") -> Any:
-    """Parse a listener's options against the callback's ``Options`` dataclass, if any."""
-    schema = options_type(target)
-    if schema is None:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise _KeyedInvalid(key, f"expected a mapping, got {_show(raw)}")
-        return raw
-    if isinstance(raw, schema):
-        return raw
-    return _parse_dataclass(schema, raw, key)
+        raise ConfigError("<options>", exc.key, exc.message) from None
 
 
 def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:

@@ -18,7 +18,6 @@ import dataclasses
 import errno
 import logging
 import socket
-import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,17 +30,19 @@ from rabbitsocks.callback import (
     import_callback,
     resolve_callback,
 )
-from rabbitsocks.config import (
-    Config,
-    Interface,
-    ListenerConfig,
-    parse_interface,
-    parse_options,
-)
+from rabbitsocks.config import Config, Interface, ListenerConfig, parse_interface
 from rabbitsocks.connection import CLOSE_GOING_AWAY
-from rabbitsocks.errors import CallbackLoadError, ConfigError
+from rabbitsocks.errors import ConfigError
 from rabbitsocks.httplog import install_aiohttp_log_filter
 from rabbitsocks.origins import OriginPolicy
+from rabbitsocks.plan import (
+    ListenerPlan,
+    Plan,
+    plan_config,
+    plan_listener,
+    read_public_key,
+    tls_context,
+)
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports.acceptor import Acceptor
@@ -229,23 +230,6 @@ class Listener:
             await self.services.close()
 
 
-def tls_context(config: ListenerConfig, source: str) -> ssl.SSLContext | None:
-    """The listener's server TLS context; ``ConfigError`` when its files do not load."""
-    tls = config.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(tls.cert, tls.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            source,
-            f"{config.key}.tls",
-            f"cannot load certificate {tls.cert!r} and key {tls.key!r}: {exc}",
-        ) from None
-    return context
-
-
 def _connect_authorizer(
     config: ListenerConfig, services: Services, source: str
 ) -> ConnectAuthorizer | None:
@@ -256,13 +240,7 @@ def _connect_authorizer(
         settings = auth.jwt
         public_key = None
         if settings.public_key is not None:
-            try:
-                with open(settings.public_key, encoding="utf-8") as pem:
-                    public_key = pem.read()
-            except OSError as exc:
-                raise ConfigError(
-                    source, f"{key}.jwt.public_key", f"cannot read {settings.public_key!r}: {exc}"
-                ) from None
+            public_key = read_public_key(settings.public_key, f"{key}.jwt.public_key", source)
         jwt = JwtVerifier(
             secret=settings.secret,
             public_key=public_key,
@@ -335,7 +313,13 @@ class Server:
     0 only, and worker ``i`` serves the admin endpoint on the configured port plus ``i``.
     """
 
-    def __init__(self, config: Config, *, worker: int = 0, workers: int = 1) -> None:
+    def __init__(
+        self, config: Config, *, worker: int = 0, workers: int = 1, plan: Plan | None = None
+    ) -> None:
+        # Callbacks are resolved here, before anything starts: a mistake is a ConfigError
+        # now, as `rabbitsocks check` reports it, not after the brokers connected.
+        self.plan = plan if plan is not None else plan_config(config)
+        config = self.plan.config
         self.config = config
         self.worker = worker
         self.workers = workers
@@ -370,14 +354,14 @@ class Server:
                 if self.admin is not None:
                     self.rpc.service.observe_publish = self.admin.publish_latency.observe
                 await self.rpc.start()
-            for listener_config in self.config.listeners:
+            for planned in self.plan.listeners:
                 listener = await _make_listener(
-                    listener_config,
+                    planned,
                     self.services,
                     source=self.config.source,
                     reuse_port=self.workers > 1,
                 )
-                if listener_config.demo:
+                if planned.config.demo:
                     from rabbitsocks.demo import add_demo_routes
 
                     add_demo_routes(listener.app, rpc_url=self._demo_rpc_url())
@@ -469,19 +453,17 @@ class Server:
 
 
 async def _make_listener(
-    config: ListenerConfig,
+    planned: ListenerPlan,
     services: Services,
     *,
     source: str,
     owns_services: bool = False,
     reuse_port: bool = False,
 ) -> Listener:
+    config = planned.config
     context = ListenerContext(name=config.name, options=config.options, services=services)
     try:
-        target = import_callback(config.callback)
-        runner = await resolve_callback(config.callback, target, context)
-    except CallbackLoadError as exc:
-        raise ConfigError(source, f"{config.key}.callback", str(exc)) from None
+        runner = await resolve_callback(config.callback, planned.target, context)
     except (ValueError, LookupError) as exc:  # setup() rejecting its options
         raise ConfigError(source, f"{config.key}.options", str(exc)) from None
     return Listener(
@@ -556,17 +538,17 @@ async def _api_listener(
         raise ConfigError("<api>", "interface", str(exc)) from None
     target = import_callback(callback) if isinstance(callback, str) else callback
     name = callback if isinstance(callback, str) else type(callback).__name__
-    try:
-        parsed = parse_options(target, {} if options is None else options)
-    except Exception as exc:
-        raise ConfigError("<api>", "options", str(exc)) from None
-    config = ListenerConfig(interface=iface, callback=name, options=parsed, **settings)
+    config = ListenerConfig(
+        interface=iface, callback=name, options={} if options is None else options, **settings
+    )
     config = dataclasses.replace(config, key="listener")
+    brokers = tuple(services.brokers) if services is not None else ("memory",)
+    config = plan_listener(config, brokers=brokers, source="<api>", target=target).config
     owns = services is None
     services = services or Services.memory_only()
     if owns:
         await services.start()
-    context = ListenerContext(name=config.name, options=parsed, services=services)
+    context = ListenerContext(name=config.name, options=config.options, services=services)
     try:
         runner = await resolve_callback(name, target, context)
     except (ValueError, LookupError) as exc:  # setup() rejecting its options

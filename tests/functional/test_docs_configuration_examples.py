@@ -39,6 +39,23 @@ MISTAKES: dict[str, tuple[str, str]] = {
         "    callback: mypkg.chat\n",
     ),
     "listeners[0].interface": ("serve", 'listeners:\n  - interface: "127.0.0.1:{port}"\n'),
+    "listeners[0].limits.max_connections": (
+        "check",
+        'listeners:\n  - interface: "127.0.0.1:8080"\n    limits: {max_connections: -5}\n',
+    ),
+    "listeners[0].options.broker": (
+        "serve",
+        'listeners:\n  - interface: "127.0.0.1:8080"\n    options: {broker: nosuch}\n'
+        "brokers:\n  amqp: {url: 'amqp://127.0.0.1:9/'}\n",
+    ),
+    "listeners[1].options.colour": (
+        "check",
+        "listeners:\n"
+        '  - interface: "127.0.0.1:8080"\n'
+        '  - interface: "127.0.0.1:8081"\n'
+        "    callback: callbacks.echo\n"
+        "    options: {colour: red}\n",
+    ),
 }
 
 

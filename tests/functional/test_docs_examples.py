@@ -14,33 +14,58 @@ from aiohttp import web
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import rabbitsocks
-from rabbitsocks.config import parse_config
+from rabbitsocks.config import parse_config, parse_options
+from rabbitsocks.errors import ConfigError
+from rabbitsocks.plan import plan_config
 from tests.support.docs import ROOT, code_blocks
 
 
+def snippet(starting: str) -> str:
+    """The guide's Python block that starts with ``starting``."""
+    (block,) = [b for b in code_blocks("callbacks.md", "python") if b.startswith(starting)]
+    return block
+
+
 def test_the_chat_example_in_the_guide_is_the_file() -> None:
-    assert code_blocks("callbacks.md", "python")[0] == (ROOT / "examples/chat.py").read_text()
+    assert snippet('"""A chat room') == (ROOT / "examples/chat.py").read_text()
+
+
+def test_the_options_snippet_declares_checked_options() -> None:
+    namespace: dict[str, Any] = {}
+    exec(snippet("from dataclasses import"), namespace)
+    options = namespace["Options"]
+    brokers = {"brokers": ("memory", "amqp")}
+    assert parse_options(options, {"broker": "amqp"}, "options", brokers).broker == "amqp"
+    for raw, message in [
+        ({"max_room_size": 0}, "options.max_room_size: expected an integer >= 1, got 0"),
+        ({"idle_timeout": 0}, "options.idle_timeout: expected a number > 0, got 0"),
+        (
+            {"broker": "x"},
+            "options.broker: expected one of the configured brokers (memory, amqp), got 'x'",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_options(options, raw, "options", brokers)
+        assert str(info.value) == f"<options>: {message}"
 
 
 def test_the_chat_config_in_the_guide_is_valid() -> None:
     (config,) = code_blocks("callbacks.md", "yaml")
-    parsed = parse_config(yaml.safe_load(config), environ={})
+    parsed = plan_config(parse_config(yaml.safe_load(config), environ={})).config
     assert parsed.listeners[0].options.max_room_size == 20
 
 
 async def test_the_guides_test_snippet_passes() -> None:
-    snippet = code_blocks("callbacks.md", "python")[1]
     namespace: dict[str, Any] = {}
-    exec(snippet, namespace)
+    exec(snippet("import asyncio"), namespace)
     test: Callable[[], Awaitable[None]] = namespace["test_two_members_of_a_room_hear_each_other"]
     await test()
 
 
 async def test_the_embedding_snippet_serves_the_chat(monkeypatch: pytest.MonkeyPatch) -> None:
-    snippet = code_blocks("callbacks.md", "python")[2]
     started: list[Awaitable[web.Application]] = []
     monkeypatch.setattr(web, "run_app", lambda app, **kw: started.append(app))
-    exec(snippet, {})
+    exec(snippet("from aiohttp import web"), {})
     app = await started[0]
     runner = web.AppRunner(app)
     await runner.setup()

@@ -19,6 +19,7 @@ from callbacks.pubsub import Options
 from rabbitsocks import ProtocolError, Services, start_listener
 from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.config import load_config, parse_config
+from rabbitsocks.plan import plan_config
 from rabbitsocks.pubsub.protocol import (
     encode_error,
     encode_join_failed,
@@ -240,9 +241,10 @@ def test_doc_yaml_and_config_rabbitmq_yaml_are_valid() -> None:
     blocks = _fenced_blocks("yaml")
     assert blocks
     for start, lines in blocks:
-        config = parse_config(yaml.safe_load("\n".join(lines)), source=f"line {start}", environ={})
+        raw = yaml.safe_load("\n".join(lines))
+        config = plan_config(parse_config(raw, source=f"line {start}", environ={})).config
         assert config.listeners[0].callback == "callbacks.pubsub"
-    example = load_config(ROOT / "config" / "rabbitmq.yaml", environ={})
+    example = plan_config(load_config(ROOT / "config" / "rabbitmq.yaml", environ={})).config
     assert example.effective_default_broker == "amqp"
     assert example.brokers["amqp"].type == "amqp"
     assert example.brokers["amqp"].exchange == "amq.topic"

@@ -1,7 +1,11 @@
-"""Configuration validation: every mistake is one line naming the file, key and expectation."""
+"""Configuration validation: every mistake is one line naming the file, key and expectation.
+
+Mistakes are found by parsing (``parse_config``, pure) and by resolving the callbacks
+(``plan_config``), the two steps ``rabbitsocks check`` and ``serve`` both take."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +17,14 @@ from rabbitsocks.config import (
     parse_interface,
 )
 from rabbitsocks.errors import ConfigError
+from rabbitsocks.plan import plan_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def error_of(raw: object, environ: dict[str, str] | None = None) -> str:
     with pytest.raises(ConfigError) as info:
-        parse_config(raw, source="x.yaml", environ=environ or {})
+        plan_config(parse_config(raw, source="x.yaml", environ=environ or {}))
     text = str(info.value)
     assert "\n" not in text
     return text
@@ -52,14 +57,56 @@ def test_several_listeners_each_with_its_callback() -> None:
         {
             "listeners": [
                 {"interface": "127.0.0.1:8080", "callback": "callbacks.pubsub"},
-                {"interface": 8081, "callback": "callbacks.echo", "options": {"a": 1}},
+                {"interface": 8081, "callback": "callbacks.echo"},
             ]
         },
         environ={},
     )
     assert [li.callback for li in config.listeners] == ["callbacks.pubsub", "callbacks.echo"]
-    assert config.listeners[1].options == {"a": 1}
     assert config.listeners[1].key == "listeners[1]"
+
+
+def test_parsing_imports_no_callback_and_keeps_options_raw(tmp_path: Path) -> None:
+    """Callbacks are resolved once, by plan_config, not while the YAML is read."""
+    (tmp_path / "cb_with_side_effects.py").write_text(
+        "raise RuntimeError('imported while parsing')\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config = parse_config(
+            {
+                "listeners": [
+                    {"interface": 1, "callback": "cb_with_side_effects", "options": {"x": 1}}
+                ]
+            },
+            environ={},
+        )
+        assert "cb_with_side_effects" not in sys.modules
+        assert config.listeners[0].options == {"x": 1}
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_plan_parses_options_against_the_callbacks_options() -> None:
+    from callbacks.echo import Options as EchoOptions
+    from callbacks.pubsub import Options as PubSubOptions
+
+    plan = plan_config(
+        parse_config(
+            {
+                "listeners": [
+                    {"interface": 8080, "options": {"max_topics": 5, "broker": "amqp"}},
+                    {"interface": 8081, "callback": "callbacks.echo"},
+                ],
+                "brokers": {"amqp": {}},
+            },
+            environ={},
+        )
+    )
+    first, second = plan.listeners
+    assert first.config.options == PubSubOptions(max_topics=5, broker="amqp")
+    assert second.config.options == EchoOptions()
+    assert plan.config.listeners == (first.config, second.config)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +175,7 @@ def test_several_listeners_each_with_its_callback() -> None:
         ),
         (
             {"listeners": [{"interface": 1, "options": {"max_topics": 0}}]},
-            "x.yaml: listeners[0].options: max_topics: expected a positive integer",
+            "x.yaml: listeners[0].options.max_topics: expected an integer >= 1, got 0",
         ),
         (
             {"listeners": [{"interface": 8080}, {"interface": "127.0.0.1:8080"}]},
