@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         " memory broker (or on RabbitMQ when RABBITSOCKS_AMQP_URL is set).",
     )
     serve.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    _add_app_dir(serve)
     serve.add_argument(
         "--log-format", choices=("text", "json"), help="override log.format for this run"
     )
@@ -82,8 +83,32 @@ def _parser() -> argparse.ArgumentParser:
         " listeners and brokers it would start. Exit status 2 when it is invalid.",
     )
     check.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    _add_app_dir(check)
     add_publish_parser(commands)
     return parser
+
+
+def _add_app_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        default=".",
+        help="look for callback modules and hooks in DIR first (default: the current"
+        " directory, as `python -m rabbitsocks` does)",
+    )
+
+
+def _use_app_dir(app_dir: str) -> str:
+    """Put ``app_dir`` first on the import path; its absolute path.
+
+    ``python -m rabbitsocks`` finds modules in the current directory because Python puts
+    it first on ``sys.path``; the ``rabbitsocks`` console script gets its own directory
+    there instead. Both now look in ``--app-dir`` (uvicorn's option, and its default).
+    """
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_CONFIG
+    app_dir = _use_app_dir(args.app_dir) if args.command in ("check", "serve") else None
     try:
         config = load_config(args.config)
         # check and serve resolve the callbacks the same way, so that what one accepts
@@ -128,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rabbitsocks: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         passthrough = ["--loop", args.loop]
+        if app_dir is not None:
+            passthrough += ["--app-dir", app_dir]
         if args.config:
             passthrough += ["-c", args.config]
         if args.log_format:
@@ -231,6 +259,9 @@ async def serve(
             ", ".join(http) if listener.engineio else "-",
             listener.config.callback,
         )
+        if listener.config.demo:
+            pages = [u.replace("ws", "http", 1).removesuffix("websocket/") for u in listener.urls]
+            logger.info("demo page on %s", ", ".join(pages))
     if server.rpc is not None:
         logger.info("RPC on %s", ", ".join(server.rpc.urls))
     if server.admin_url is not None:
