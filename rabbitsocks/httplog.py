@@ -12,6 +12,10 @@ a traceback per request. ``install_aiohttp_log_filter`` puts filters on aiohttp'
   in) lose their query strings, in the message and in the ``extra`` fields.
 
 Other errors aiohttp logs (a handler that raised) keep their traceback: they are bugs.
+
+The first request of a listener's connection is read by ``transports.front``, which logs
+its own refusals the same way; aiohttp parses the rest: later requests on a kept-alive
+connection, the RPC and admin endpoints, and applications rabbitsocks is mounted in.
 """
 
 from __future__ import annotations

@@ -133,14 +133,42 @@ async def raw_request(port: int, data: bytes) -> bytes:
     return answer
 
 
+TOKEN_LINE = b"GET /socket.io/?token=eyJhbGciOiJIUzI1NiJ9.JWTSECRET.sig&pad=" + b"a" * 9000
+COOKIE = b"Cookie: session=COOKIESECRET" + b"b" * 9000
+
+
+async def bad_requests(port: int, rpc: int) -> None:
+    """Oversized requests carrying a token or a cookie, each to one of the HTTP servers of
+    a process: the listener's front (a connection's first request), aiohttp behind it (a
+    later request on a kept-alive connection), aiohttp alone (the RPC endpoint)."""
+    answer = await raw_request(port, TOKEN_LINE + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414")
+    answer = await raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n" + COOKIE + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+        await reader.readexactly(length)
+        writer.write(TOKEN_LINE + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.0 400")
+    writer.close()
+    answer = await raw_request(
+        rpc, b"POST /rpc/broadcast.Publish HTTP/1.1\r\nHost: x\r\n" + COOKIE + b"\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.0 400")
+
+
 @pytest.mark.parametrize("fmt", ["text", "json"])
 async def test_served_logs_hold_no_token_no_traceback_and_one_line_per_event(
     tmp_path: Path, fmt: str
 ) -> None:
-    port = free_port()
+    port, rpc = free_port(), free_port()
     config = tmp_path / "echo.yaml"
     config.write_text(
         f'listeners:\n  - interface: "127.0.0.1:{port}"\n    callback: callbacks.echo\n'
+        f'rpc:\n  http: "127.0.0.1:{rpc}"\n'
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -160,16 +188,7 @@ async def test_served_logs_hold_no_token_no_traceback_and_one_line_per_event(
         async with asyncio.timeout(20):
             while b"listening on" not in await proc.stderr.readline():
                 pass
-        # A request line over aiohttp's 8,190 bytes, carrying a token in its query.
-        long_line = b"GET /websocket/?token=eyJhbGciOiJIUzI1NiJ9.JWTSECRET.sig&pad=" + b"a" * 9000
-        answer = await raw_request(port, long_line + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.0 400")
-        # An oversized header carrying a cookie.
-        cookie = b"Cookie: session=COOKIESECRET" + b"b" * 9000
-        answer = await raw_request(
-            port, b"GET /websocket/ HTTP/1.1\r\nHost: x\r\n" + cookie + b"\r\n\r\n"
-        )
-        assert answer.startswith(b"HTTP/1.0 400")
+        await bad_requests(port, rpc)
         # A path that tries to forge a record and paint the terminal, and a query. (The
         # route's pattern stops at a line feed; a carriage return returns to column 0.)
         forged = "%0D2026-01-01%2000:00:00,000%20INFO%20forged%1B%5B2J"
@@ -200,9 +219,10 @@ async def test_served_logs_hold_no_token_no_traceback_and_one_line_per_event(
             re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line) for line in lines
         )
         messages = lines
-    bad = [m for m in messages if "bad request from 127.0.0.1: 400" in m]
-    assert len(bad) == 2, messages
-    assert all(m.endswith("Got more than 8190 bytes when reading") for m in bad)
+    bad = [m for m in messages if "bad request from 127.0.0.1: " in m]
+    assert len(bad) == 4, messages  # one line each
+    aiohttp_lines = [m for m in bad if m.endswith(": 400 Got more than 8190 bytes when reading")]
+    assert len(aiohttp_lines) == 2, bad
     (opened,) = [m for m in messages if "open " in m and "transport=websocket" in m]
     if fmt == "text":
         assert opened.endswith("path=/a\\r2026-01-01 00:00:00,000 INFO forged\\x1b[2J")
