@@ -521,7 +521,11 @@ def _parse_dataclass(cls: type[T], raw: object, key: str, choices: Choices | Non
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
-        # __post_init__ checks of a callback's Options land here.
+        # __post_init__ checks (ours, a callback's Options) land here; one that starts with
+        # a field's name ("url: expected ...") is reported at that field's key.
+        name, sep, rest = str(exc).partition(": ")
+        if sep and name in fields:
+            raise _KeyedInvalid(f"{key}.{name}" if key else name, rest) from None
         raise _KeyedInvalid(key, str(exc)) from None
 
 

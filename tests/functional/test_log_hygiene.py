@@ -100,7 +100,7 @@ def test_an_endpoint_url_aiohttp_cannot_use_is_refused_without_its_password() ->
             )
         )
     assert str(info.value) == (
-        "x.yaml: listeners[0].auth.connect: url: expected an http(s) URL (percent-encode a"
+        "x.yaml: listeners[0].auth.connect.url: expected an http(s) URL (percent-encode a"
         " password's reserved characters), got 'http://user:***@auth:80/a?***'"
     )
 
