@@ -22,7 +22,7 @@ from rabbitsocks import __version__
 from rabbitsocks.callback import options_mapping
 from rabbitsocks.config import ENVIRONMENT, Config, default_config_path, load_config
 from rabbitsocks.errors import ConfigError, RabbitSocksError
-from rabbitsocks.logs import configure_logging, mask_url
+from rabbitsocks.logs import configure_logging, mask_url, scrub
 from rabbitsocks.plan import Plan, plan_config
 from rabbitsocks.publish_cli import add_publish_parser, publish_command
 
@@ -178,7 +178,8 @@ def describe(config: Config) -> str:
         tls = " (TLS)" if listener.tls else ""
         lines.append(f"listener {listener.interface}{tls}: callback {listener.callback}")
         for key, value in options_mapping(listener.options).items():
-            lines.append(f"  {key}: {value!r}")
+            # An option may hold a URL with credentials (pubsub's join_auth.url).
+            lines.append(f"  {key}: {scrub(repr(value))}")
     lines.append("broker memory: in-process")
     for name, broker in config.brokers.items():
         if broker.type == "amqp":

@@ -156,3 +156,17 @@ async def test_check_prints_the_parsed_options(tmp_path: Path) -> None:
     assert (code, err) == (0, "")
     assert "  max_topics: 7\n" in out
     assert "  rate: 20.0\n" in out
+
+
+async def test_check_prints_no_credentials_of_a_hook_url(tmp_path: Path) -> None:
+    config = tmp_path / "hook.yaml"
+    config.write_text(
+        "listeners:\n"
+        + LISTENER
+        + "    options: {join_auth: {url: 'http://u:s3cr3t@auth:8000/join?key=k3y'}}\n"
+    )
+    code, out, err = await run("check", config)
+    assert (code, err) == (0, "")
+    assert "http://u:***@auth:8000/join?***" in out
+    assert "s3cr3t" not in out
+    assert "k3y" not in out
