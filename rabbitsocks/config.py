@@ -517,7 +517,7 @@ def _parse_dataclass(cls: type[T], raw: object, key: str, choices: Choices | Non
                 raise _KeyedInvalid(where, str(exc)) from None
         else:
             values[name] = _parse_value(hints[name], raw[name], where, choices)
-        _check_field(f.metadata, values[name], where, choices)
+        _check_field(f.metadata, values[name], where, choices, hints[name])
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
@@ -529,13 +529,16 @@ def _parse_dataclass(cls: type[T], raw: object, key: str, choices: Choices | Non
         raise _KeyedInvalid(key, str(exc)) from None
 
 
-def _check_field(meta: Mapping[str, Any], value: Any, where: str, choices: Choices | None) -> None:
-    """The checks a field's metadata asks for (``at_least``, ``above``, ``one_of``)."""
+def _check_field(
+    meta: Mapping[str, Any], value: Any, where: str, choices: Choices | None, tp: Any
+) -> None:
+    """The checks a field's metadata asks for (``at_least``, ``above``, ``one_of``);
+    ``tp`` is the field's type, for the message."""
     bound = meta.get("min")
     if bound is not None and isinstance(value, int | float):
         exclusive = meta.get("min_exclusive", False)
         if not (value > bound if exclusive else value >= bound) or not math.isfinite(value):
-            what = "an integer" if isinstance(value, int) else "a number"
+            what = "an integer" if int in (tp, *typing.get_args(tp)) else "a number"
             shown = int(value) if isinstance(value, float) and value.is_integer() else value
             op = ">" if exclusive else ">="
             raise _KeyedInvalid(where, f"expected {what} {op} {bound:g}, got {shown!r}")
@@ -560,10 +563,11 @@ def check_fields(
 
 
 def _check_fields(obj: Any, key: str, choices: Choices | None) -> None:
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         where = f"{key}.{f.name}" if key else f.name
-        _check_field(f.metadata, value, where, choices)
+        _check_field(f.metadata, value, where, choices, hints[f.name])
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             _check_fields(value, where, choices)
         elif isinstance(value, tuple):

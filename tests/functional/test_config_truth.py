@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rabbitsocks import ConfigError, start_listener
+from rabbitsocks.config import LimitsConfig, WebSocketConfig
 from tests.support.pubsub import ROOT, serve_env
 
 LISTENER = '  - interface: "127.0.0.1:0"\n'
@@ -170,3 +172,41 @@ async def test_check_prints_no_credentials_of_a_hook_url(tmp_path: Path) -> None
     assert "http://u:***@auth:8000/join?***" in out
     assert "s3cr3t" not in out
     assert "k3y" not in out
+
+
+@pytest.mark.parametrize(
+    ("callback", "options", "settings", "message"),
+    [
+        (
+            "callbacks.pubsub",
+            {"broker": "nope"},
+            {},
+            "<api>: listener.options.broker: expected one of the configured brokers (memory),"
+            " got 'nope'",
+        ),
+        (
+            "callbacks.echo",
+            {"colour": "red"},
+            {},
+            "<api>: listener.options.colour: unknown key (callbacks.echo takes no options)",
+        ),
+        (
+            "callbacks.echo",
+            None,
+            {"websocket": WebSocketConfig(heartbeat=-1)},
+            "<api>: listener.websocket.heartbeat: expected a number >= 0, got -1",
+        ),
+        (
+            "callbacks.echo",
+            None,
+            {"limits": LimitsConfig(max_connections=0)},
+            "<api>: listener.limits.max_connections: expected an integer >= 1, got 0",
+        ),
+    ],
+)
+async def test_start_listener_refuses_what_the_configuration_would(
+    callback: str, options: dict[str, str] | None, settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        await start_listener("127.0.0.1:0", callback, options, **settings)
+    assert str(info.value) == message
