@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rabbitsocks import __version__
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run N server processes sharing the ports (SO_REUSEPORT), one AMQP queue each",
     )
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # "i/N": set by the supervisor
+    serve.add_argument("--run-dir", help=argparse.SUPPRESS)  # the workers' internal sockets
     serve.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
@@ -164,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             passthrough += ["--log-level", args.log_level]
         return supervise(args.workers, passthrough, config.shutdown_timeout + 5)
     try:
-        _run(serve(config, worker=worker, workers=workers, plan=plan), args.loop)
+        run_dir = Path(args.run_dir) if args.run_dir else None
+        _run(serve(config, worker=worker, workers=workers, plan=plan, run_dir=run_dir), args.loop)
     except ConfigError as exc:
         print(f"rabbitsocks: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -237,12 +240,17 @@ def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) ->
 
 
 async def serve(
-    config: Config, *, worker: int = 0, workers: int = 1, plan: Plan | None = None
+    config: Config,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+    plan: Plan | None = None,
+    run_dir: Path | None = None,
 ) -> None:
     """Run ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
     from rabbitsocks.server import Server
 
-    server = Server(config, worker=worker, workers=workers, plan=plan)
+    server = Server(config, worker=worker, workers=workers, plan=plan, run_dir=run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,6 +20,7 @@ Environment overrides (``RABBITSOCKS_*``) are applied after the file is read; se
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import types
@@ -231,6 +232,24 @@ def _parse_origins(raw: object) -> tuple[str, ...]:
         raise _Invalid(str(exc)) from None
 
 
+def _parse_networks(raw: object) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise _Invalid(f'expected a list of networks (["10.0.0.0/8", "::1"]), got {_show(raw)}')
+    networks = []
+    for entry in raw:
+        try:
+            networks.append(str(ipaddress.ip_network(str(entry).strip(), strict=False)))
+        except ValueError:
+            raise _Invalid(
+                f'expected an address or a network ("10.0.0.0/8", "::1"), got {_show(entry)}'
+            ) from None
+    return tuple(networks)
+
+
 def _parse_origins_or_none(raw: object) -> tuple[str, ...]:
     return () if raw in (None, []) else _parse_origins(raw)
 
@@ -317,6 +336,13 @@ class ListenerConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: Serve the demo page on ``GET /`` (built by ``scripts/build-demo``).
     demo: bool = False
+    #: Networks of the proxies and load balancers in front of this listener (CIDR or
+    #: address). Only from them are ``Forwarded``/``X-Forwarded-For`` (and the PROXY
+    #: protocol, with ``proxy_protocol``) believed about the client's address.
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata={"parse": _parse_networks})
+    #: Connections from ``trusted_proxies`` start with a PROXY protocol header (v1 or v2,
+    #: HAProxy's ``send-proxy``) naming the client.
+    proxy_protocol: bool = False
     #: The key path of this listener in its file (``listeners[0]``), for error messages.
     key: str = field(default="listeners[0]", metadata={"yaml": False})
 

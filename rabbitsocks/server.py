@@ -19,6 +19,7 @@ import errno
 import logging
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -46,6 +47,8 @@ from rabbitsocks.plan import (
 from rabbitsocks.services import Services
 from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports.acceptor import Acceptor
+from rabbitsocks.transports.addresses import ClientAddresses
+from rabbitsocks.transports.affinity import Affinity
 from rabbitsocks.transports.bare import BareWebSocket
 from rabbitsocks.transports.engineio import EngineIO
 from rabbitsocks.transports.front import Front, Upgrader
@@ -78,6 +81,7 @@ class Listener:
         owns_services: bool = False,
         app: web.Application | None = None,
         reuse_port: bool = False,
+        affinity: Affinity | None = None,
     ) -> None:
         # aiohttp logs a malformed request with its bytes (a ?token=, a cookie) and a
         # traceback: one line of ours instead, whoever set up the logging.
@@ -109,7 +113,9 @@ class Listener:
             websocket=config.websocket,
             socketio=config.socketio,
             stats=self.stats,
+            addresses=ClientAddresses(config.trusted_proxies, config.proxy_protocol),
         )
+        self.affinity = affinity
         self._stopped = False
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None
@@ -122,7 +128,9 @@ class Listener:
         self.engineio: EngineIO | None = None
         if config.socketio.enabled:
             acceptor = self.acceptor
-            self.engineio = EngineIO(acceptor, lambda session: Namespaces(acceptor, session))
+            self.engineio = EngineIO(
+                acceptor, lambda session: Namespaces(acceptor, session), affinity
+            )
             self.engineio.add_routes(self.app)
 
     @property
@@ -187,15 +195,43 @@ class Listener:
         upgraders: list[Upgrader] = [self.websocket]
         if self.engineio is not None:
             upgraders.append(self.engineio)
-        self._front = Front(
-            http=server,
-            upgraders=upgraders,
-            timeout=self.config.limits.handshake_timeout,
-            stats=self.stats,
-        )
+
+        def front_of(internal: bool) -> Front:
+            return Front(
+                http=server,
+                upgraders=upgraders,
+                timeout=self.config.limits.handshake_timeout,
+                stats=self.stats,
+                addresses=self.acceptor.addresses,
+                internal=internal,
+                affinity=None if internal else self.affinity,
+            )
+
+        front = self._front = front_of(internal=False)
+        if self.affinity is not None:
+            # The workers' internal socket: the same front, trusted, never passing on again.
+            await self.affinity.start(front_of(internal=True), self._adopt)
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            self._servers.append(await loop.create_server(self._front, sock=sock, ssl=ssl_context))
+            self._servers.append(await loop.create_server(front, sock=sock, ssl=ssl_context))
+
+    def _adopt(self, sock: socket.socket, data: bytes, client: str) -> None:
+        """Serve a connection another worker handed over (see ``transports.affinity``)."""
+        front = self._front
+        if front is None or self.closing:
+            sock.close()
+            return
+
+        async def adopt() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                _, protocol = await loop.connect_accepted_socket(front, sock)
+            except OSError:
+                sock.close()
+                return
+            protocol.adopted(data, client)
+
+        front.spawn(adopt())
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, close every connection with 1001, wait for their ``terminate``
@@ -218,6 +254,8 @@ class Listener:
                 self.connections,
                 timeout,
             )
+        if self.affinity is not None:
+            await self.affinity.stop()
         if self._front is not None:
             await self._front.wait_upgrades()
         if self._runner is not None:
@@ -314,7 +352,13 @@ class Server:
     """
 
     def __init__(
-        self, config: Config, *, worker: int = 0, workers: int = 1, plan: Plan | None = None
+        self,
+        config: Config,
+        *,
+        worker: int = 0,
+        workers: int = 1,
+        plan: Plan | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         # Callbacks are resolved here, before anything starts: a mistake is a ConfigError
         # now, as `rabbitsocks check` reports it, not after the brokers connected.
@@ -323,6 +367,8 @@ class Server:
         self.config = config
         self.worker = worker
         self.workers = workers
+        #: Where the workers' internal sockets live (``serve --workers``).
+        self.run_dir = run_dir
         self.services = Services.from_config(config)
         self.listeners: list[Listener] = []
         self.rpc: RpcEndpoints | None = None
@@ -354,12 +400,16 @@ class Server:
                 if self.admin is not None:
                     self.rpc.service.observe_publish = self.admin.publish_latency.observe
                 await self.rpc.start()
-            for planned in self.plan.listeners:
+            for index, planned in enumerate(self.plan.listeners):
+                affinity = None
+                if self.workers > 1 and self.run_dir is not None:
+                    affinity = Affinity(self.run_dir, index, self.worker, self.workers)
                 listener = await _make_listener(
                     planned,
                     self.services,
                     source=self.config.source,
                     reuse_port=self.workers > 1,
+                    affinity=affinity,
                 )
                 if planned.config.demo:
                     from rabbitsocks.demo import add_demo_routes
@@ -459,6 +509,7 @@ async def _make_listener(
     source: str,
     owns_services: bool = False,
     reuse_port: bool = False,
+    affinity: Affinity | None = None,
 ) -> Listener:
     config = planned.config
     context = ListenerContext(name=config.name, options=config.options, services=services)
@@ -473,6 +524,7 @@ async def _make_listener(
         source=source,
         owns_services=owns_services,
         reuse_port=reuse_port,
+        affinity=affinity,
     )
 
 

@@ -6,6 +6,11 @@ kernel spreads new connections across them. Each child has its own event loop, i
 AMQP connection and its own queue, exactly like separate machines would: RabbitMQ routes
 to every process whose clients joined a topic, so deliveries scale with cores.
 
+A Socket.IO session polling over HTTP makes many requests, which the kernel spreads over the
+workers like any connection: each worker passes a request of another's session to its owner
+(``transports.affinity``), over Unix sockets in a private directory the supervisor makes
+for the run (``--run-dir``) and removes at the end.
+
 SIGTERM or SIGINT to the parent is passed on to every child, which shuts down gracefully;
 the parent exits 0 once all of them did. A child that dies on its own is a fault: the
 parent stops the others and exits 1, leaving restarts to the service manager.
@@ -14,9 +19,11 @@ parent stops the others and exits 1, leaving restarts to the service manager.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -51,9 +58,10 @@ def supervise(workers: int, child_args: Sequence[str], grace: float) -> int:
     """Run ``workers`` children with ``child_args`` until a signal; the exit status."""
     # Each child's stdin is a pipe from us: if we die without a word (SIGKILL), the pipe
     # closes and the children shut down instead of serving on as orphans.
-    command = [sys.executable, "-m", "rabbitsocks", "serve", *child_args, "--worker"]
+    run_dir = tempfile.mkdtemp(prefix="rabbitsocks-")  # mode 0700: the workers' sockets
+    command = [sys.executable, "-m", "rabbitsocks", "serve", *child_args, "--run-dir", run_dir]
     children = [
-        subprocess.Popen([*command, f"{i}/{workers}"], stdin=subprocess.PIPE)
+        subprocess.Popen([*command, "--worker", f"{i}/{workers}"], stdin=subprocess.PIPE)
         for i in range(workers)
     ]
     logger.info("started %d workers: pids %s", workers, " ".join(str(c.pid) for c in children))
@@ -89,4 +97,5 @@ def supervise(workers: int, child_args: Sequence[str], grace: float) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return status

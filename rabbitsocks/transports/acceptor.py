@@ -28,6 +28,7 @@ from rabbitsocks.connection import (
 )
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.stats import ListenerStats
+from rabbitsocks.transports.addresses import ClientAddresses
 from rabbitsocks.transports.batching import WriteBatcher
 from rabbitsocks.transports.gate import Gate, Refusal, Slot
 from rabbitsocks.transports.heartbeat import Heartbeat
@@ -60,6 +61,7 @@ class Acceptor:
         websocket: WebSocketConfig,
         socketio: SocketIOConfig,
         stats: ListenerStats,
+        addresses: ClientAddresses | None = None,
     ) -> None:
         self.name = name
         self.callback = callback
@@ -69,6 +71,8 @@ class Acceptor:
         self.websocket = websocket
         self.socketio = socketio
         self.stats = stats
+        #: Who the client of a request is (the TCP peer, or what trusted proxies say).
+        self.addresses = addresses if addresses is not None else ClientAddresses()
         self.batcher = WriteBatcher()
         interval = websocket.heartbeat
         self.heartbeat = Heartbeat(interval) if interval > 0 else None

@@ -17,7 +17,6 @@ from aiohttp import web
 
 from rabbitsocks.connection import ConnectRequest
 from rabbitsocks.errors import ConnectionRefused
-from rabbitsocks.transports import peer_address
 from rabbitsocks.transports.acceptor import Accepted, Acceptor
 from rabbitsocks.transports.gate import Refusal
 from rabbitsocks.transports.websocket import CLOSE_TIMEOUT, AiohttpWire, WebSocketWire
@@ -84,7 +83,7 @@ class BareWebSocket:
             transport="websocket",
             headers=head.headers,
             query=head.query,
-            remote=peer_address(tcp),
+            remote=self.acceptor.addresses.resolve(tcp, head.headers),
             method=head.method,
         )
         accepted = await self._accept(request, path)
@@ -133,7 +132,7 @@ class BareWebSocket:
             transport="websocket",
             headers=request.headers,
             query=request.query,
-            remote=request.remote or "",
+            remote=acceptor.addresses.resolve(request.transport, request.headers),
             method=request.method,
         )
         accepted = await self._accept(connect, path)

@@ -45,8 +45,8 @@ from aiohttp import web
 from rabbitsocks.connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ConnectRequest
 from rabbitsocks.errors import ProtocolError
 from rabbitsocks.frames import OP_TEXT, encode_frame
-from rabbitsocks.transports import peer_address
 from rabbitsocks.transports.acceptor import Acceptor
+from rabbitsocks.transports.affinity import Affinity
 from rabbitsocks.transports.gate import Refusal, Slot
 from rabbitsocks.transports.heartbeat import Heartbeat
 from rabbitsocks.transports.websocket import CLOSE_TIMEOUT, AiohttpWire, WebSocketWire
@@ -321,8 +321,15 @@ class Session:
 class EngineIO:
     """The Engine.IO endpoint of one listener: its sessions, routes and upgrades."""
 
-    def __init__(self, acceptor: Acceptor, namespaces: Callable[[Session], Namespaces]) -> None:
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        namespaces: Callable[[Session], Namespaces],
+        affinity: Affinity | None = None,
+    ) -> None:
         self.acceptor = acceptor
+        #: With ``serve --workers``: session ids name their worker; see ``transports.affinity``.
+        self.affinity = affinity
         settings = acceptor.socketio
         self.settings = settings
         self.ping_interval = settings.ping_interval
@@ -343,7 +350,8 @@ class EngineIO:
     # --- sessions --------------------------------------------------------------------------
 
     def _open_session(self, request: ConnectRequest, slot: Slot) -> Session:
-        sid = secrets.token_urlsafe(15)
+        prefix = self.affinity.sid_prefix if self.affinity is not None else ""
+        sid = prefix + secrets.token_urlsafe(15)
         session = Session(self, sid, request, slot)
         slot.owner = _SessionCloser(session)
         self.sessions[sid] = session
@@ -396,7 +404,7 @@ class EngineIO:
             transport="socketio",
             headers=head.headers,
             query=head.query,
-            remote=peer_address(tcp),
+            remote=self.acceptor.addresses.resolve(tcp, head.headers),
             method=head.method,
         )
         try:
@@ -444,6 +452,7 @@ class EngineIO:
                 return refusal
             session = self.sessions.get(query["sid"])
             if session is None or session.on_websocket or session.upgrading:
+                self.acceptor.stats.errors["unknown_session"] += 1
                 return Refusal(400, "", body=_error_body(UNKNOWN_SID, "Session ID unknown"))
             return session, False
         admitted = await self.acceptor.gate.admit(request)
@@ -498,12 +507,18 @@ class EngineIO:
         if query.get("EIO") != "4":
             return self._error(request, 400, UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol")
         transport = query.get("transport")
+        affinity = self.affinity
+        if affinity is not None and request.transport not in self.acceptor.addresses.internal:
+            owner = affinity.foreign(query.get("sid"))
+            if owner is not None:  # a kept-alive connection's request for another worker
+                client = self.acceptor.addresses.resolve(request.transport, request.headers)
+                return await affinity.forward(request, owner, client)
         connect = ConnectRequest(
             path=request.path,
             transport="socketio",
             headers=request.headers,
             query=query,
-            remote=request.remote or "",
+            remote=self.acceptor.addresses.resolve(request.transport, request.headers),
             method=request.method,
         )
         if transport == "websocket" and self.websocket:
@@ -519,6 +534,7 @@ class EngineIO:
             return web.Response(status=refusal.status, body=refusal.payload)
         session = self.sessions.get(query["sid"])
         if session is None or session.on_websocket:
+            self.acceptor.stats.errors["unknown_session"] += 1
             return self._error(request, 400, UNKNOWN_SID, "Session ID unknown")
         if request.method == "GET":
             return await self._get(request, session, cors)

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 from rabbitsocks.stats import ListenerStats
 from rabbitsocks.transports import peer_address
+from rabbitsocks.transports.addresses import ClientAddresses
+from rabbitsocks.transports.affinity import Affinity
+from rabbitsocks.transports.engineio import PATH as ENGINEIO_PATH
 from rabbitsocks.wire import http1
 from rabbitsocks.wire.http1 import HttpError, RequestHead, parse_request_head
+from rabbitsocks.wire.proxy import ProxyHeaderError, parse_proxy_header
 
 __all__ = ["Front", "FrontProtocol", "Upgrader"]
 
@@ -57,22 +61,49 @@ class Front:
         upgraders: list[Upgrader],
         timeout: float,
         stats: ListenerStats,
+        addresses: ClientAddresses,
+        internal: bool = False,
+        affinity: Affinity | None = None,
     ) -> None:
         self.http = http
         self.upgraders = upgraders
         self.timeout = timeout
         self.stats = stats
+        self.addresses = addresses
+        #: Serves the workers' internal socket (see ``transports.affinity``).
+        self.internal = internal
+        #: With ``serve --workers``: where requests of other workers' sessions go.
+        self.affinity = affinity
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __call__(self) -> FrontProtocol:
         return FrontProtocol(self)
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def spawn_upgrade(
         self, upgrader: Upgrader, head: RequestHead, tcp: asyncio.Transport, rest: bytes
     ) -> None:
-        task = asyncio.get_running_loop().create_task(self._upgrade(upgrader, head, tcp, rest))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._upgrade(upgrader, head, tcp, rest))
+
+    def pass_on(self, head: RequestHead, tcp: asyncio.Transport, data: bytes) -> bool:
+        """Hand a request of another worker's session to that worker (see
+        ``transports.affinity``); ``False`` when it is not one."""
+        affinity = self.affinity
+        if affinity is None or head.path != ENGINEIO_PATH:
+            return False
+        owner = affinity.foreign(head.query.get("sid"))
+        if owner is None:
+            return False
+        client = self.addresses.resolve(tcp, head.headers)
+        tcp.pause_reading()
+        plain = tcp.get_extra_info("sslcontext") is None
+        if not (plain and affinity.hand_off(tcp, data, owner, client)):
+            self.spawn(affinity.relay(tcp, data, owner, client))
+        return True
 
     async def _upgrade(
         self, upgrader: Upgrader, head: RequestHead, tcp: asyncio.Transport, rest: bytes
@@ -94,18 +125,26 @@ class Front:
 class FrontProtocol(asyncio.Protocol):
     """A connection whose first request head is still being read."""
 
-    __slots__ = ("_buffer", "_front", "_tcp", "_timer")
+    __slots__ = ("_buffer", "_front", "_proxy_header", "_tcp", "_timer")
 
     def __init__(self, front: Front) -> None:
         self._front = front
         self._buffer = b""
         self._tcp: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._proxy_header = False  # a PROXY protocol header is still to be read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance).
         self._tcp = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(self._front.timeout, self._too_slow)
+        front = self._front
+        addresses = front.addresses
+        if front.internal:
+            addresses.internal.add(transport)
+            self._proxy_header = True  # a relayed connection names its client this way
+        else:
+            self._proxy_header = addresses.expects_proxy_header(transport)
+        self._timer = asyncio.get_running_loop().call_later(front.timeout, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
@@ -125,6 +164,10 @@ class FrontProtocol(asyncio.Protocol):
         assert tcp is not None
         buffer = self._buffer = self._buffer + data
         try:
+            if self._proxy_header:
+                buffer = self._read_proxy_header(tcp, buffer)
+                if self._proxy_header:
+                    return  # incomplete
             head = parse_request_head(buffer)
         except HttpError as exc:
             self._stop_timer()
@@ -137,6 +180,8 @@ class FrontProtocol(asyncio.Protocol):
             return
         self._stop_timer()
         self._buffer = b""
+        if self._front.pass_on(head, tcp, buffer):
+            return
         for upgrader in self._front.upgraders:
             if upgrader.wants(head):
                 tcp.pause_reading()
@@ -148,3 +193,31 @@ class FrontProtocol(asyncio.Protocol):
         tcp.set_protocol(handler)
         handler.connection_made(tcp)
         handler.data_received(buffer)
+
+    def adopted(self, data: bytes, client: str) -> None:
+        """A connection another worker handed over: its client, and the bytes it read."""
+        self._proxy_header = False  # read, if there was one, by the worker that accepted it
+        if client and self._tcp is not None:
+            self._front.addresses.proxied[self._tcp] = client
+        if data:
+            self.data_received(data)
+
+    def _read_proxy_header(self, tcp: asyncio.Transport, buffer: bytes) -> bytes:
+        """Consume the PROXY protocol header at the start of ``buffer``; what follows it."""
+        if self._front.internal and not buffer.startswith((b"PROXY ", b"\r\n\r\n")):
+            if len(buffer) < 6 and (b"PROXY "[: len(buffer)] == buffer or buffer == b"\r"):
+                return buffer  # too short to tell yet
+            self._proxy_header = False  # an internal request names its client in a header
+            return buffer
+        try:
+            parsed = parse_proxy_header(buffer)
+        except ProxyHeaderError as exc:
+            raise HttpError(400, str(exc)) from None
+        if parsed is None:
+            return buffer
+        client, size = parsed
+        if client is not None:
+            self._front.addresses.proxied[tcp] = client
+        self._proxy_header = False
+        self._buffer = buffer = buffer[size:]
+        return buffer

@@ -21,7 +21,7 @@ TEXT = (ROOT / "docs" / DOC).read_text(encoding="utf-8")
 
 
 def probes() -> dict[str, Any]:
-    (block,) = code_blocks(DOC, "yaml")
+    (block,) = [b for b in code_blocks(DOC, "yaml") if "livenessProbe" in b]
     document = yaml.safe_load(block)
     assert set(document) == {"livenessProbe", "readinessProbe"}
     return dict(document)
