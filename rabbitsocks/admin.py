@@ -16,8 +16,8 @@ from __future__ import annotations
 import bisect
 import gc
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -29,10 +29,36 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from rabbitsocks.server import Server
+from rabbitsocks.rpc.endpoints import RpcEndpoints
+from rabbitsocks.services import Services
+from rabbitsocks.stats import ListenerStats
 
-__all__ = ["AdminEndpoint", "GcPauses", "ServerCollector"]
+__all__ = ["AdminEndpoint", "GcPauses", "Observed", "ServerCollector"]
+
+
+class ObservedListener(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stats(self) -> ListenerStats: ...
+
+
+class Observed(Protocol):
+    """What the admin endpoint reads of the server it reports on (``server.Server``)."""
+
+    @property
+    def listeners(self) -> Sequence[ObservedListener]: ...
+
+    @property
+    def services(self) -> Services: ...
+
+    @property
+    def rpc(self) -> RpcEndpoints | None: ...
+
+    def unready(self) -> list[str]:
+        """Why the server should not get traffic now (empty: ready)."""
+        ...
 
 
 class GcPauses(Collector):
@@ -90,7 +116,7 @@ class GcPauses(Collector):
 class ServerCollector(Collector):
     """Turns the server's counters into metric families at scrape time."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Observed) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -217,7 +243,7 @@ class ServerCollector(Collector):
 class AdminEndpoint:
     """``/metrics``, ``/health`` and ``/ready`` on their own (loopback) port."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Observed) -> None:
         self.server = server
         self.registry = CollectorRegistry()
         self.registry.register(ServerCollector(server))
