@@ -19,7 +19,12 @@ from rabbitsocks.connection import ConnectRequest
 from rabbitsocks.errors import ConnectionRefused
 from rabbitsocks.transports.acceptor import Accepted, Acceptor
 from rabbitsocks.transports.gate import Refusal
-from rabbitsocks.transports.websocket import CLOSE_TIMEOUT, AiohttpWire, WebSocketWire
+from rabbitsocks.transports.websocket import (
+    CLOSE_TIMEOUT,
+    AiohttpWire,
+    WebSocketWire,
+    refuse_aiohttp_upgrade,
+)
 from rabbitsocks.wire import http1
 from rabbitsocks.wire.http1 import HttpError, RequestHead, header_tokens
 from rabbitsocks.wire.websocket import accept, check_handshake, offered_subprotocols
@@ -118,15 +123,9 @@ class BareWebSocket:
         acceptor = self.acceptor
         settings = acceptor.websocket
         path = self.path_of(request.path) or ""
-        probe = web.WebSocketResponse()
-        if not probe.can_prepare(request).ok:
-            return web.Response(status=400, text="expected a WebSocket upgrade request\n")
-        if request.version < (1, 1) or request.headers.get("Sec-WebSocket-Version") != "13":
-            return web.Response(
-                status=426 if request.version >= (1, 1) else 400,
-                text="expected a WebSocket handshake over HTTP/1.1, version 13\n",
-                headers={"Sec-WebSocket-Version": "13"},
-            )
+        refusal = refuse_aiohttp_upgrade(request)
+        if refusal is not None:
+            return refusal
         connect = ConnectRequest(
             path=request.path,
             transport="websocket",

@@ -49,7 +49,12 @@ from rabbitsocks.transports.acceptor import Acceptor
 from rabbitsocks.transports.affinity import Affinity
 from rabbitsocks.transports.gate import Refusal, Slot
 from rabbitsocks.transports.heartbeat import Heartbeat
-from rabbitsocks.transports.websocket import CLOSE_TIMEOUT, AiohttpWire, WebSocketWire
+from rabbitsocks.transports.websocket import (
+    CLOSE_TIMEOUT,
+    AiohttpWire,
+    WebSocketWire,
+    refuse_aiohttp_upgrade,
+)
 from rabbitsocks.wire import engineio, http1
 from rabbitsocks.wire.http1 import HttpError, RequestHead, header_tokens
 from rabbitsocks.wire.websocket import accept, check_handshake
@@ -609,6 +614,9 @@ class EngineIO:
         ws = web.WebSocketResponse(max_msg_size=self.max_payload, timeout=CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
             return self._error(request, 400, BAD_REQUEST, "expected a WebSocket upgrade")
+        refusal = refuse_aiohttp_upgrade(request)
+        if refusal is not None:
+            return refusal
         checked = await self._check(connect, request.query)
         if isinstance(checked, Refusal):
             return web.Response(

@@ -41,7 +41,7 @@ from rabbitsocks.wire.websocket import (
     WebSocketProtocol,
 )
 
-__all__ = ["CLOSE_TIMEOUT", "AiohttpWire", "Receiver", "WebSocketWire"]
+__all__ = ["CLOSE_TIMEOUT", "AiohttpWire", "Receiver", "WebSocketWire", "refuse_aiohttp_upgrade"]
 
 logger = logging.getLogger("rabbitsocks.websocket")
 
@@ -49,6 +49,23 @@ _PING = encode_frame(b"", OP_PING)
 
 #: Seconds a peer has to answer our close frame (RFC 6455 section 7.1.1) before we drop it.
 CLOSE_TIMEOUT = 5.0
+
+
+def refuse_aiohttp_upgrade(request: web.Request) -> web.Response | None:
+    """What aiohttp would let through of an upgrade that RFC 6455 refuses: HTTP/1.0 (section
+    4.1 needs 1.1) and ``Sec-WebSocket-Version`` other than 13 (section 4.4: 426 naming 13;
+    aiohttp also takes 7 and 8, drafts). ``None`` when the request may go on."""
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        return web.Response(status=400, text="expected a WebSocket upgrade request\n")
+    if request.version < (1, 1):
+        return web.Response(status=400, text="a WebSocket handshake needs HTTP/1.1\n")
+    if request.headers.getall("Sec-WebSocket-Version", ()) != ["13"]:
+        return web.Response(
+            status=426,
+            text="unsupported Sec-WebSocket-Version: this server speaks 13\n",
+            headers={"Sec-WebSocket-Version": "13"},
+        )
+    return None
 
 
 class Receiver(Protocol):
