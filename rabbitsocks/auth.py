@@ -262,17 +262,39 @@ def hook_from_config(
 
 
 class ConnectAuthorizer:
-    """The connect decision: a token when one is configured, then the hook."""
+    """The connect decision: a token when one is configured, then the hook.
+
+    A callback whose protocol carries credentials of its own after the handshake (STOMP's
+    CONNECT frame: ``login`` and ``passcode``) sets ``deferred`` in its ``setup``: the
+    handshake then admits every request (origin and limits still apply), and the callback
+    calls ``check`` itself with what it was given, before it lets the client do anything.
+    """
 
     def __init__(self, jwt: JwtVerifier | None, hook: Hook | None) -> None:
         self.jwt = jwt
         self.hook = hook
+        #: Authorization happens in the callback's protocol, not at the handshake.
+        self.deferred = False
 
     async def authorize(self, request: ConnectRequest) -> dict[str, Any] | None:
-        """The verified claims (``None`` without a token); ``AuthDenied`` to refuse."""
+        """The handshake's decision: the verified claims (``None`` without a token, or
+        when ``deferred``); ``AuthDenied`` to refuse."""
+        if self.deferred:
+            return None
+        return await self.check(request)
+
+    async def check(
+        self, request: ConnectRequest, token: str | None = None
+    ) -> dict[str, Any] | None:
+        """The decision on ``request``, whether deferred or not: the verified claims
+        (``None`` without a token); ``AuthDenied`` to refuse.
+
+        ``token`` is one presented in the callback's protocol (STOMP's ``passcode``); it
+        takes the place of one in the request.
+        """
         claims: dict[str, Any] | None = None
         if self.jwt is not None:
-            token = self.jwt.token_of(request)
+            token = token or self.jwt.token_of(request)
             if token is not None:
                 claims = self.jwt.verify(token)
             elif self.jwt.required:

@@ -44,6 +44,7 @@ from rabbitsocks.errors import CallbackLoadError, ConnectionRefused
 from rabbitsocks.frames import SharedFrame
 
 if TYPE_CHECKING:
+    from rabbitsocks.auth import ConnectAuthorizer
     from rabbitsocks.services import Services
 
 __all__ = [
@@ -111,6 +112,10 @@ class ListenerContext:
     options: Any
     #: Process-wide services shared by every listener (pub/sub hubs, brokers).
     services: Services
+    #: The listener's connect authorization (``auth``), if it has one. A callback whose
+    #: protocol presents credentials after the handshake sets its ``deferred`` and calls
+    #: its ``check`` itself (see ``callbacks.stomp``).
+    authorizer: ConnectAuthorizer | None = None
 
 
 def _adapt(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -82,6 +82,7 @@ class Listener:
         app: web.Application | None = None,
         reuse_port: bool = False,
         affinity: Affinity | None = None,
+        authorizer: ConnectAuthorizer | None = None,
     ) -> None:
         # aiohttp logs a malformed request with its bytes (a ?token=, a cookie) and a
         # traceback: one line of ours instead, whoever set up the logging.
@@ -98,7 +99,8 @@ class Listener:
         limits = config.limits
         self.gate = Gate(
             origins=OriginPolicy(config.origins),
-            authorizer=_connect_authorizer(config, services, source),
+            # Made by whoever also gave it to the callback's setup (``ListenerContext``).
+            authorizer=authorizer or _connect_authorizer(config, services, source),
             max_connections=limits.max_connections,
             max_connections_per_address=limits.max_connections_per_address,
             timeout=limits.handshake_timeout,
@@ -512,7 +514,10 @@ async def _make_listener(
     affinity: Affinity | None = None,
 ) -> Listener:
     config = planned.config
-    context = ListenerContext(name=config.name, options=config.options, services=services)
+    authorizer = _connect_authorizer(config, services, source)
+    context = ListenerContext(
+        name=config.name, options=config.options, services=services, authorizer=authorizer
+    )
     try:
         runner = await resolve_callback(config.callback, planned.target, context)
     except (ValueError, LookupError) as exc:  # setup() rejecting its options
@@ -525,6 +530,7 @@ async def _make_listener(
         owns_services=owns_services,
         reuse_port=reuse_port,
         affinity=affinity,
+        authorizer=authorizer,
     )
 
 
@@ -600,7 +606,10 @@ async def _api_listener(
     services = services or Services.memory_only()
     if owns:
         await services.start()
-    context = ListenerContext(name=config.name, options=config.options, services=services)
+    authorizer = _connect_authorizer(config, services, "<api>")
+    context = ListenerContext(
+        name=config.name, options=config.options, services=services, authorizer=authorizer
+    )
     try:
         runner = await resolve_callback(name, target, context)
     except (ValueError, LookupError) as exc:  # setup() rejecting its options
@@ -611,4 +620,4 @@ async def _api_listener(
         if owns:
             await services.close()
         raise
-    return Listener(config, runner, services, owns_services=owns, app=app)
+    return Listener(config, runner, services, owns_services=owns, app=app, authorizer=authorizer)
