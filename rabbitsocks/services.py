@@ -6,16 +6,21 @@ them, never kept in module globals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from rabbitsocks.brokers.base import Broker
 from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.config import BrokerConfig, Config
-from rabbitsocks.errors import UnknownBroker
+from rabbitsocks.errors import BrokerError, UnknownBroker
 from rabbitsocks.pubsub.hub import Hub
+
+if TYPE_CHECKING:
+    from rabbitsocks.brokers.amqp_channels import AmqpChannelPool
 
 __all__ = ["Services", "make_broker"]
 
@@ -49,6 +54,11 @@ class Services:
     hubs: dict[str, Hub] = field(default_factory=dict)
     _started: bool = False
     _http: aiohttp.ClientSession | None = None
+    #: Hubs of further exchanges of a broker, made on first use (``exchange_hub``).
+    _exchange_hubs: dict[tuple[str, str], Hub] = field(default_factory=dict)
+    _exchange_hubs_lock: asyncio.Lock | None = None
+    #: Channel pools of RabbitMQ brokers, made on first use (``channel_pool``).
+    _channel_pools: dict[str, AmqpChannelPool] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> Services:
@@ -73,6 +83,44 @@ class Services:
         except KeyError:
             raise UnknownBroker(f"unknown broker {key!r}") from None
 
+    async def exchange_hub(self, broker: str | None, exchange: str) -> Hub:
+        """The hub fanning out messages of ``exchange`` on broker ``broker`` (the default
+        one when ``None``): the broker's own hub when that is its exchange, else a hub made
+        and started on first use over a sibling connection that binds to ``exchange``
+        (which must exist). Raises ``UnknownBroker``, or ``BrokerError`` for a broker that
+        has no exchanges (the memory broker)."""
+        hub = self.hub(broker)
+        own = getattr(hub.broker, "exchange", None)
+        if own is None:
+            raise BrokerError(f"broker {hub.broker.name!r} has no exchanges (it is not RabbitMQ)")
+        if own == exchange:
+            return hub
+        key = (hub.broker.name, exchange)
+        if self._exchange_hubs_lock is None:
+            self._exchange_hubs_lock = asyncio.Lock()
+        async with self._exchange_hubs_lock:
+            extra = self._exchange_hubs.get(key)
+            if extra is None:
+                sibling = hub.broker.sibling(f"{hub.broker.name}/{exchange}", exchange)  # type: ignore[attr-defined]
+                extra = self._exchange_hubs[key] = Hub(sibling)
+                extra.draining = hub.draining
+                await extra.start()
+        return extra
+
+    def channel_pool(self, broker: str | None) -> AmqpChannelPool:
+        """Leased AMQP channels on broker ``broker``'s RabbitMQ (per-session consumers and
+        publishes); ``BrokerError`` for a broker that is not RabbitMQ."""
+        hub = self.hub(broker)
+        connect_more = getattr(hub.broker, "connect_more", None)
+        if connect_more is None:
+            raise BrokerError(f"broker {hub.broker.name!r} is not RabbitMQ")
+        pool = self._channel_pools.get(hub.broker.name)
+        if pool is None:
+            from rabbitsocks.brokers.amqp_channels import AmqpChannelPool
+
+            pool = self._channel_pools[hub.broker.name] = AmqpChannelPool(connect_more)
+        return pool
+
     def http_session(self) -> aiohttp.ClientSession:
         """A client session for authorization endpoints, created on first use."""
         if self._http is None or self._http.closed:
@@ -90,7 +138,7 @@ class Services:
 
     def drain(self) -> None:
         """The process is shutting down: bindings will go with the brokers' queues."""
-        for hub in self.hubs.values():
+        for hub in (*self.hubs.values(), *self._exchange_hubs.values()):
             hub.draining = True
 
     async def close(self) -> None:
@@ -98,6 +146,15 @@ class Services:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        pools, self._channel_pools = self._channel_pools, {}
+        for pool in pools.values():
+            await pool.close()
+        extra, self._exchange_hubs = self._exchange_hubs, {}
+        for hub in extra.values():
+            try:
+                await hub.close()
+            except Exception:
+                logger.exception("error while closing broker %s", hub.broker.name)
         if not self._started:
             return
         self._started = False

@@ -107,6 +107,14 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# ...and what opening a connection may raise besides.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *_CONNECTION_ERRORS,
+    aiormq.exceptions.AMQPError,
+    TimeoutError,
+)
+
+
 class _State(enum.Enum):
     IDLE = "idle"
     CONNECTING = "connecting"
@@ -188,11 +196,11 @@ class AmqpBroker:
 
     ``url`` is an AMQP URL (``amqp://user:password@host:port/vhost``; query parameters such as
     ``heartbeat`` are passed to aiormq). ``exchange`` is a topic exchange; unless it is a
-    built-in ``amq.*`` exchange it is declared (durable) at each connect. ``confirm_timeout``
-    bounds how long a confirmed publish waits for RabbitMQ; ``connect_timeout`` bounds a
-    connection attempt and each control request (declare, bind, unbind). After a connection
-    loss the broker reconnects by itself, waiting between ``reconnect_min`` and
-    ``reconnect_max`` seconds between attempts.
+    built-in ``amq.*`` exchange, or ``declare_exchange`` is false, it is declared (durable)
+    at each connect. ``confirm_timeout`` bounds how long a confirmed publish waits for
+    RabbitMQ; ``connect_timeout`` bounds a connection attempt and each control request
+    (declare, bind, unbind). After a connection loss the broker reconnects by itself,
+    waiting between ``reconnect_min`` and ``reconnect_max`` seconds between attempts.
 
     ``prefetch`` is the ``basic.qos`` prefetch count. It only limits *unacknowledged*
     deliveries, and this broker consumes with ``no_ack``, so it is sent for the record (it
@@ -221,6 +229,7 @@ class AmqpBroker:
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
         connect_timeout: float = 5.0,
+        declare_exchange: bool = True,
     ) -> None:
         if reconnect_min <= 0 or reconnect_max < reconnect_min:
             raise ValueError("expected 0 < reconnect_min <= reconnect_max")
@@ -235,6 +244,7 @@ class AmqpBroker:
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._connect_timeout = connect_timeout
+        self._declare_exchange = declare_exchange
 
         self._state = _State.IDLE
         self._session: _Session | None = None
@@ -270,6 +280,43 @@ class AmqpBroker:
     def safe_url(self) -> str:
         """The URL with its password masked, for messages."""
         return self._safe_url
+
+    @property
+    def exchange(self) -> str:
+        """The exchange this broker binds its queue to and publishes to."""
+        return self._exchange
+
+    def sibling(self, name: str, exchange: str) -> AmqpBroker:
+        """A broker like this one (same RabbitMQ, same settings) on another exchange, which
+        it does not declare: it must exist, with whatever type it has. STOMP's
+        ``/exchange/<name>/<key>`` destinations fan out through one such broker's hub per
+        exchange."""
+        return AmqpBroker(
+            name,
+            self._url,
+            exchange,
+            prefetch=self._prefetch,
+            confirm_timeout=self._confirm_timeout,
+            reconnect_min=self._reconnect_min,
+            reconnect_max=self._reconnect_max,
+            connect_timeout=self._connect_timeout,
+            declare_exchange=False,
+        )
+
+    async def connect_more(self, purpose: str) -> aio_pika.abc.AbstractConnection:
+        """Another AMQP connection to this broker's RabbitMQ, with its settings, for an
+        adapter that needs channels of its own (``amqp_channels``: STOMP queue consumers
+        and publishes). The caller closes it. Raises ``BrokerUnavailable``."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await aio_pika.connect(
+                    self._url,
+                    client_properties={
+                        "connection_name": f"rabbitsocks {self.name} {purpose} pid {os.getpid()}"
+                    },
+                )
+        except _CONNECT_ERRORS as exc:
+            raise self._unavailable(exc) from exc
 
     def __repr__(self) -> str:
         return f"<AmqpBroker {self.name!r} {self._safe_url} {self._state.value}>"
@@ -404,7 +451,7 @@ class AmqpBroker:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 control = await _Channel.open(connection, confirms=False)
-                if not self._exchange.startswith("amq."):
+                if self._declare_exchange and not self._exchange.startswith("amq."):
                     await control.raw.exchange_declare(
                         self._exchange, exchange_type="topic", durable=True
                     )
