@@ -32,3 +32,19 @@ def namespaces_but_secret(request: ConnectRequest) -> bool | Deny:
     if request.namespace == "/secret":
         return Deny(403, "not this one")
     return True
+
+
+def stomp_login(request: ConnectRequest) -> bool | Deny:
+    """STOMP's CONNECT credentials: alice/wonderland only."""
+    credentials = (getattr(request, "login", None), getattr(request, "passcode", None))
+    if credentials == ("alice", "wonderland"):
+        return True
+    return Deny(403, "wrong login or passcode")
+
+
+async def public_destinations(
+    destinations: list[str], connection: ConnectionInfo | None
+) -> Iterable[str]:
+    """STOMP SUBSCRIBE and SEND: destinations with a ``public.`` key only."""
+    assert connection is not None
+    return [d for d in destinations if d.rpartition("/")[2].startswith("public.")]
