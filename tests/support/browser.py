@@ -57,10 +57,27 @@ def node_for_chromium() -> str:
 async def run_browser_script(
     script: Path, environ: Mapping[str, str], handle: Handler, deadline: float
 ) -> dict[str, Any]:
-    """Run ``node script``: every stdout line is a JSON request, answered on stdin by
-    ``handle``, until the script's ``{"done": ...}`` line, whose value is returned. The
-    script must exit 0; its stderr is the diagnostic of a failure."""
-    node = node_for_chromium()
+    """Run ``node script`` with Chromium at hand: every stdout line is a JSON request,
+    answered on stdin by ``handle``, until the script's ``{"done": ...}`` line, whose value
+    is returned. The script must exit 0; its stderr is the diagnostic of a failure."""
+    return await run_node_script(node_for_chromium(), script, environ, handle, deadline)
+
+
+def node_with_packages(*packages: str) -> str:
+    """The ``node`` for a script that needs only npm ``packages`` from demo/node_modules."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is not installed (Debian/Ubuntu: apt-get install -y nodejs npm).")
+    for package in packages:
+        if not (ROOT / "demo" / "node_modules" / package).is_dir():
+            pytest.fail(f"{package} is not installed in demo/node_modules: run scripts/build-demo.")
+    return node
+
+
+async def run_node_script(
+    node: str, script: Path, environ: Mapping[str, str], handle: Handler, deadline: float
+) -> dict[str, Any]:
+    """``run_browser_script`` with the ``node`` given (see ``node_with_packages``)."""
     ARTIFACTS.mkdir(exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         node,
