@@ -87,6 +87,7 @@ _STR_ARGUMENTS = frozenset(
     {"x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-age", "x-queue-type"}
 )
 _ACK_MODES = ("auto", "client", "client-individual")
+_DURABLE_HEADERS = ("durable", "persistent")
 _TEMP_PREFIX = "/temp-queue/"
 
 
@@ -432,6 +433,14 @@ class StompSession:
             )
         await self.server.authorize("SUBSCRIBE", dest, text, self.info, self.claims)
         if dest.kind == "topic" or (dest.kind == "exchange" and dest.key):
+            if any(headers.get(h, "").strip().lower() == "true" for h in _DURABLE_HEADERS):
+                # Web-STOMP keeps a durable queue per such subscription; fan-out here has
+                # one queue per process, which ends with it.
+                raise StompError(
+                    "Durable subscriptions not supported",
+                    f"'{text}' fans out through the server's own queue: it cannot outlive "
+                    "the connection (subscribe to a /queue/ bound to the exchange instead)",
+                )
             await self._subscribe_fanout(sub_id, ack, dest)
         else:
             await self._subscribe_queue(sub_id, ack, dest, frame)

@@ -9,6 +9,7 @@ import typing
 import pytest
 
 from callbacks.pubsub import Options as PubSubOptions
+from callbacks.stomp import Options as StompOptions
 from rabbitsocks.config import ENVIRONMENT, Config
 from tests.support.docs import ROOT
 
@@ -60,6 +61,12 @@ def test_every_key_is_documented(key: str) -> None:
 def test_pubsub_options_are_documented(field: str) -> None:
     section = DOC.split("### `options` of `callbacks.pubsub`")[1]
     assert f"| `{field}` |" in section or f"| `{field}." in section
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(StompOptions)])
+def test_stomp_options_are_documented(field: str) -> None:
+    section = DOC.split("### `options` of `callbacks.stomp`")[1].split("\n## ")[0]
+    assert f"`{field}`" in section
 
 
 @pytest.mark.parametrize("var", list(ENVIRONMENT))
