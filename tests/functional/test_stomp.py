@@ -340,6 +340,11 @@ BAD_INPUT: list[tuple[str, list[str | bytes], str]] = [
         "Invalid destination",
     ),
     (
+        "durable topic subscription",
+        ["SUBSCRIBE\ndestination:/topic/x\nid:0\ndurable:true\n\n\x00"],
+        "Durable subscriptions not supported",
+    ),
+    (
         "temp-queue SUBSCRIBE",
         ["SUBSCRIBE\ndestination:/temp-queue/x\nid:0\n\n\x00"],
         "Invalid destination",
