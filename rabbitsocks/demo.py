@@ -1,13 +1,14 @@
 """The demo page: ``GET /`` on listeners that enable it, and what it needs under ``/demo/``.
 
-The page (``demo/index.html`` in the repository) and the official ``socket.io-client``
-bundle are built into ``rabbitsocks/demo/`` by ``scripts/build-demo``, from npm, so that a
-browser never loads code from a CDN. Routes:
+The page (``demo/index.html`` in the repository) and the official ``socket.io-client`` and
+``@stomp/stompjs`` bundles are built into ``rabbitsocks/demo/`` by ``scripts/build-demo``,
+from npm, so that a browser never loads code from a CDN. Routes:
 
 =========================  ==========================================================
 ``GET /``                  the page (``no-cache``: revalidated with its ETag)
-``GET /demo/config.json``  ``{"rpc": <RPC HTTP base URL> | null, "version": ...}``
-``GET /demo/<asset>``      ``socket.io.min.js``, its source map and licence (a day)
+``GET /demo/config.json``  ``{"rpc": <RPC HTTP base URL> | null, "stomp": <STOMP
+                           WebSocket URL> | null, "version": ...}``
+``GET /demo/<asset>``      the client bundles, source map and licences (a day)
 =========================  ==========================================================
 
 A listener whose assets were not built answers 503 with the command that builds them.
@@ -57,6 +58,8 @@ _STATIC: Final[dict[str, tuple[str, str]]] = {
     "socket.io.min.js": (_JAVASCRIPT, "public, max-age=86400"),
     "socket.io.min.js.map": ("application/json", "public, max-age=86400"),
     "socket.io-client.LICENSE": ("text/plain; charset=utf-8", "public, max-age=86400"),
+    "stomp.umd.min.js": (_JAVASCRIPT, "public, max-age=86400"),
+    "stompjs.LICENSE": ("text/plain; charset=utf-8", "public, max-age=86400"),
 }
 
 _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
@@ -87,8 +90,9 @@ def _not_built() -> web.Response:
 
 
 def _rpc_url(rpc_url: str | None, request: web.Request) -> str | None:
-    """``rpc_url`` as the browser must use it: an RPC endpoint bound to every interface
-    (``0.0.0.0``, ``::``) is reached on the host the browser used for the page."""
+    """``rpc_url`` (or a STOMP endpoint's URL) as the browser must use it: an endpoint
+    bound to every interface (``0.0.0.0``, ``::``) is reached on the host the browser used
+    for the page."""
     if rpc_url is None:
         return None
     url = URL(rpc_url)
@@ -98,15 +102,25 @@ def _rpc_url(rpc_url: str | None, request: web.Request) -> str | None:
 
 
 def add_demo_routes(
-    app: web.Application, *, rpc_url: str | None, assets: Path | None = None
+    app: web.Application,
+    *,
+    rpc_url: str | None,
+    assets: Path | None = None,
+    stomp_url: Callable[[], str | None] | str | None = None,
 ) -> None:
     """Serve the demo page on ``app``: ``GET /``, ``/demo/config.json`` and the assets.
 
     ``rpc_url`` is the base URL of the RPC HTTP endpoint (``http://127.0.0.1:8081/rpc``),
-    or ``None`` when it is off (the page then cannot publish). ``assets`` defaults to the
-    directory ``scripts/build-demo`` fills.
+    or ``None`` when it is off (the page then cannot publish). ``stomp_url`` is where a
+    ``callbacks.stomp`` listener serves (``ws://127.0.0.1:8083/websocket/``), or a function
+    asked per request (a listener may bind its port after this one), or ``None``: the page
+    then offers no STOMP. ``assets`` defaults to the directory ``scripts/build-demo`` fills.
     """
     directory = ASSETS if assets is None else assets
+
+    def stomp(request: web.Request) -> str | None:
+        url = stomp_url() if callable(stomp_url) else stomp_url
+        return _rpc_url(url, request) if url is not None else None
 
     async def page(request: web.Request) -> web.StreamResponse:
         path = directory / _PAGE
@@ -115,7 +129,12 @@ def add_demo_routes(
         except FileNotFoundError:
             return _not_built()
         rpc = _rpc_url(rpc_url, request)
-        connect = "'self'" if rpc is None else f"'self' {URL(rpc).origin()}"
+        stomp_ws = stomp(request)
+        connect = "'self'"
+        if rpc is not None:
+            connect += f" {URL(rpc).origin()}"
+        if stomp_ws is not None:
+            connect += f" {URL(stomp_ws).origin()}"
         script = f"'self' {built.hashes['script']}".rstrip()
         style = built.hashes["style"] or "'none'"
         headers = {
@@ -140,7 +159,7 @@ def add_demo_routes(
 
     async def config(request: web.Request) -> web.Response:
         return web.json_response(
-            {"rpc": _rpc_url(rpc_url, request), "version": __version__},
+            {"rpc": _rpc_url(rpc_url, request), "stomp": stomp(request), "version": __version__},
             headers={"Cache-Control": "no-store"},
         )
 

@@ -416,7 +416,9 @@ class Server:
                 if planned.config.demo:
                     from rabbitsocks.demo import add_demo_routes
 
-                    add_demo_routes(listener.app, rpc_url=self._demo_rpc_url())
+                    add_demo_routes(
+                        listener.app, rpc_url=self._demo_rpc_url(), stomp_url=self._demo_stomp_url
+                    )
                 self.listeners.append(listener)
                 await listener.start()
         except BaseException:
@@ -448,6 +450,20 @@ class Server:
             return None
         host = http.host or "127.0.0.1"
         return f"http://{f'[{host}]' if ':' in host else host}:{self.rpc.http_port}/rpc"
+
+    def _demo_stomp_url(self) -> str | None:
+        """Where the demo page speaks STOMP: the first STOMP listener accepting connections
+        (asked per request: it may have bound its port after the demo's listener)."""
+        for listener in self.listeners:
+            if listener.config.callback.partition(":")[0] != "callbacks.stomp":
+                continue
+            if listener.closing:
+                continue
+            try:
+                return listener.urls[0]
+            except (RuntimeError, IndexError):
+                continue
+        return None
 
     def _cors_allows(self, origin: str) -> bool:
         """Browser origins the HTTP RPC endpoint answers: configured ones, and the pages of

@@ -1,5 +1,6 @@
 // The demo page in headless Chromium, driven by playwright-core: run by test_demo_page.py,
-// which starts the server and publishes over AMQP when asked to.
+// which starts the server (with a callbacks.stomp listener beside it, for the page's STOMP
+// transport) and publishes over AMQP when asked to.
 //
 // Protocol with the Python harness, one JSON object per line:
 //   stdout  {"publish": {"topic": "t", "payload": "<base64>"}}   publish over AMQP, then answer
@@ -81,6 +82,7 @@ async function received(topic, text) {
 
 const sio = `${DEMO_PREFIX}.sio`;
 const ws = `${DEMO_PREFIX}.ws`;
+const stomp = `${DEMO_PREFIX}.stomp`;
 const screenshot = pathJoin(ARTIFACTS, "demo-page.png");
 const failure = pathJoin(ARTIFACTS, "demo-page-failure.png");
 rmSync(failure, { force: true }); // a screenshot of an older failure would mislead
@@ -127,6 +129,20 @@ try {
   await page.getByRole("button", { name: `Leave ${ws}.*` }).click();
   await log("answer", "@leave", `${ws}.*`).waitFor();
   await page.getByRole("button", { name: `Leave ${ws}.*` }).waitFor({ state: "detached" });
+
+  step("STOMP with stomp.js: the joined topic is subscribed again, on the STOMP listener");
+  await page.getByLabel("STOMP (stomp.js)").check();
+  await connected("STOMP 1.2");
+  await log("answer", "RECEIPT", `SUBSCRIBE /topic/${sio}`).waitFor();
+  await publishOverAmqp(sio, "hello from AMQP over STOMP");
+  await received(sio, "hello from AMQP over STOMP");
+  await page.getByLabel("Topic or pattern").fill(`${stomp}.*`);
+  await page.getByRole("button", { name: "Join", exact: true }).click();
+  await log("answer", "RECEIPT", `SUBSCRIBE /topic/${stomp}.*`).waitFor();
+  await publishOverAmqp(`${stomp}.amqp`, "a wildcard over STOMP");
+  await received(`${stomp}.amqp`, "a wildcard over STOMP");
+  await page.getByRole("button", { name: `Leave ${stomp}.*` }).click();
+  await log("answer", "RECEIPT", `UNSUBSCRIBE /topic/${stomp}.*`).waitFor();
 
   if (problems.length) throw new Error(`the page reported:\n  ${problems.join("\n  ")}`);
   await page.screenshot({ path: screenshot, fullPage: true });

@@ -52,8 +52,8 @@ def _node() -> str:
 
 @contextlib.asynccontextmanager
 async def demo_server(url: str, *, rpc_token: str) -> AsyncIterator[str]:
-    """A pubsub listener on RabbitMQ serving the demo page, and the RPC HTTP endpoint the
-    page publishes through; yields the page's URL."""
+    """A pubsub listener on RabbitMQ serving the demo page, the RPC HTTP endpoint the page
+    publishes through, and a STOMP listener for its STOMP transport; yields the page's URL."""
     config = parse_config(
         {
             "listeners": [{"interface": "127.0.0.1:0"}],
@@ -67,6 +67,7 @@ async def demo_server(url: str, *, rpc_token: str) -> AsyncIterator[str]:
     assert services.hub().connected, "the amqp broker did not connect"
     service = PublishService(services.brokers, services.default_broker)
     runners: list[web.AppRunner] = []
+    stops: list[rabbitsocks.Listener] = []
     # The page's port first: the RPC endpoint's CORS must know the page's origin.
     page_socket = socket.create_server(("127.0.0.1", 0))
     try:
@@ -79,9 +80,13 @@ async def demo_server(url: str, *, rpc_token: str) -> AsyncIterator[str]:
         await web.TCPSite(runners[-1], "127.0.0.1", 0).start()
         rpc_port = runners[-1].addresses[0][1]
 
+        stomp = await rabbitsocks.start_listener(
+            "127.0.0.1:0", "callbacks.stomp", services=services
+        )
+        stops.append(stomp)
         app = web.Application()
         await rabbitsocks.mount(app, "callbacks.pubsub", services=services)
-        add_demo_routes(app, rpc_url=f"http://127.0.0.1:{rpc_port}/rpc")
+        add_demo_routes(app, rpc_url=f"http://127.0.0.1:{rpc_port}/rpc", stomp_url=stomp.urls[0])
         runners.append(web.AppRunner(app, shutdown_timeout=1.0))
         await runners[-1].setup()
         await web.SockSite(runners[-1], page_socket).start()
@@ -89,6 +94,8 @@ async def demo_server(url: str, *, rpc_token: str) -> AsyncIterator[str]:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        for listener in stops:
+            await listener.stop()
         page_socket.close()
         await service.close()
         await services.close()

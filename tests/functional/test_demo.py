@@ -18,10 +18,11 @@ from aiohttp import web
 
 from rabbitsocks import __version__
 from rabbitsocks.brokers.memory import MemoryBroker
-from rabbitsocks.config import Interface
+from rabbitsocks.config import Interface, parse_config
 from rabbitsocks.demo import NOT_BUILT, add_demo_routes, demo_origins, rpc_cors_middleware
 from rabbitsocks.rpc.http import make_rpc_app
 from rabbitsocks.rpc.service import PublishService
+from rabbitsocks.server import Server
 from tests.support.apps import Serve, app_server
 
 SCRIPT = b"console.log('demo');"
@@ -111,7 +112,24 @@ async def test_config_tells_the_page_where_rpc_is(
     async with http.get(url + "/demo/config.json", headers=headers) as response:
         assert response.status == 200
         assert response.headers["Cache-Control"] == "no-store"
-        assert await response.json() == {"rpc": expected, "version": __version__}
+        assert await response.json() == {"rpc": expected, "stomp": None, "version": __version__}
+
+
+async def test_config_and_policy_name_the_stomp_listener(
+    serve: Serve, http: aiohttp.ClientSession, assets: Path
+) -> None:
+    where: list[str | None] = [None]  # a STOMP listener may bind its port after the page's
+    app = web.Application()
+    add_demo_routes(app, rpc_url=None, assets=assets, stomp_url=lambda: where[0])
+    url = await serve(app)
+    async with http.get(url + "/demo/config.json") as response:
+        assert (await response.json())["stomp"] is None
+    where[0] = "ws://0.0.0.0:8083/websocket/"
+    async with http.get(url + "/demo/config.json", headers={"Host": "demo.example"}) as response:
+        assert (await response.json())["stomp"] == "ws://demo.example:8083/websocket"
+    async with http.get(url + "/", headers={"Host": "demo.example"}) as response:
+        policy = response.headers["Content-Security-Policy"]
+    assert "connect-src 'self' ws://demo.example:8083;" in policy
 
 
 async def test_socketio_client_is_served_as_javascript_and_cached(
@@ -242,3 +260,26 @@ async def test_back_ends_send_no_origin_and_are_served_as_before(
 )
 def test_demo_origins(host: str | None, tls: bool, expected: set[str]) -> None:
     assert demo_origins(Interface(host, 0), 80, tls=tls) == expected
+
+
+async def test_the_server_tells_the_page_where_its_stomp_listener_is(
+    http: aiohttp.ClientSession,
+) -> None:
+    config = parse_config(
+        {
+            "listeners": [
+                {"interface": "127.0.0.1:0", "demo": True},
+                {"interface": "127.0.0.1:0", "callback": "callbacks.stomp"},
+            ]
+        },
+        environ={},
+    )
+    server = Server(config)
+    await server.start()
+    try:
+        page, stomp = server.listeners
+        async with http.get(f"http://127.0.0.1:{page.port}/demo/config.json") as response:
+            answer = await response.json()
+        assert answer["stomp"] == f"ws://127.0.0.1:{stomp.port}/websocket"
+    finally:
+        await server.stop()
