@@ -48,6 +48,7 @@ __all__ = [
     "FanoutEncoder",
     "message_frame",
     "property_headers",
+    "queue_params",
     "send_properties",
     "shared",
 ]
@@ -76,6 +77,21 @@ _MESSAGE_HEADERS = frozenset(
     {"subscription", "destination", "message-id", "redelivered", "ack", "content-length"}
 )
 _REPLY_PREFIXES = tuple(p if p.endswith("/") else p + "/" for p in PREFIXES)
+#: Queue arguments a SUBSCRIBE (or SEND) may set as headers (RabbitMQ's
+#: ``?HEADER_ARGUMENTS``), by type.
+_INT_ARGUMENTS = frozenset(
+    {
+        "x-expires",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-message-ttl",
+        "x-stream-max-segment-size-bytes",
+    }
+)
+_STR_ARGUMENTS = frozenset(
+    {"x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-age", "x-queue-type"}
+)
 
 
 def property_headers(properties: MessageProperties | None) -> list[tuple[str, str]]:
@@ -163,6 +179,38 @@ def _integer(name: str, value: str, low: int, high: int) -> int:
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise StompError("Invalid header", f"{name} must be a number from {low} to {high}")
     return int(text)
+
+
+def queue_params(
+    headers: dict[str, str], *, durable: bool, exclusive: bool = False, auto_delete: bool = False
+) -> dict[str, Any]:
+    """``queue.declare`` flags and arguments from SUBSCRIBE (or SEND) headers, with
+    RabbitMQ's defaults for the destination (``rabbit_stomp_util:build_params``)."""
+
+    def flag(name: str, default: bool) -> bool:
+        value = headers.get(name)
+        if value is None:
+            return default
+        if value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise StompError("Invalid header", f"{name} must be true or false, got {value!r}")
+
+    durable = flag("durable", flag("persistent", durable))
+    arguments: dict[str, Any] = {}
+    for name, value in headers.items():
+        if name in _INT_ARGUMENTS:
+            text = value.strip()
+            if not (text.isascii() and text.isdigit()):
+                raise StompError("Invalid header", f"{name} must be a number, got {value!r}")
+            arguments[name] = int(text)
+        elif name in _STR_ARGUMENTS:
+            arguments[name] = value.strip()
+    return {
+        "durable": durable,
+        "exclusive": flag("exclusive", exclusive),
+        "auto_delete": flag("auto-delete", auto_delete),
+        "arguments": arguments,
+    }
 
 
 def message_frame(

@@ -24,6 +24,8 @@ Subscriptions come in two kinds:
   temp-queues of ``reply-to``): a consumer on the session's own AMQP channel, leased on
   first use, with a prefetch, and manual ACK/NACK in the ``client`` modes.
 
+Transactions are held by ``transactions.Transactions`` and replayed here on COMMIT.
+
 Errors (``StompError``, a refused authorization, a channel RabbitMQ closed) are answered
 with one ERROR frame, whose ``message`` header says what and whose body says why, and the
 connection is closed (STOMP 1.2, "ERROR"). Each is logged once, at info level.
@@ -56,8 +58,9 @@ from rabbitsocks.stomp.frames import (
     negotiate_version,
 )
 from rabbitsocks.stomp.heartbeat import GRACE
-from rabbitsocks.stomp.messages import message_frame, send_properties
+from rabbitsocks.stomp.messages import message_frame, queue_params, send_properties
 from rabbitsocks.stomp.server import StompServer
+from rabbitsocks.stomp.transactions import Transactions
 from rabbitsocks.topics import validate_topic
 
 if TYPE_CHECKING:
@@ -69,23 +72,6 @@ logger = logging.getLogger("rabbitsocks.stomp")
 
 #: SENDs without a receipt whose confirms may be outstanding at once, per session.
 MAX_IN_FLIGHT = 64
-#: Open transactions per session, and frames in one.
-MAX_TRANSACTIONS = 16
-MAX_TRANSACTION_FRAMES = 1000
-#: Queue arguments a SUBSCRIBE may set as headers (RabbitMQ's ``?HEADER_ARGUMENTS``).
-_INT_ARGUMENTS = frozenset(
-    {
-        "x-expires",
-        "x-max-length",
-        "x-max-length-bytes",
-        "x-max-priority",
-        "x-message-ttl",
-        "x-stream-max-segment-size-bytes",
-    }
-)
-_STR_ARGUMENTS = frozenset(
-    {"x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-age", "x-queue-type"}
-)
 _ACK_MODES = ("auto", "client", "client-individual")
 _DURABLE_HEADERS = ("durable", "persistent")
 _TEMP_PREFIX = "/temp-queue/"
@@ -183,7 +169,7 @@ class StompSession:
         self._channel_lock: asyncio.Lock | None = None
         self._declared: set[str] | None = None
         self._temp_queues: dict[str, str] | None = None
-        self._transactions: dict[str, list[Frame]] | None = None
+        self._transactions: Transactions | None = None
         self._publishes: collections.deque[asyncio.Future[None]] | None = None
         self._send_every = 0.0
         self._expect_every = 0.0
@@ -491,12 +477,12 @@ class StompSession:
         try:
             if dest.kind == "queue":
                 queue = dest.name
-                await channel.declare_queue(queue, **_queue_params(headers, durable=True))
+                await channel.declare_queue(queue, **queue_params(headers, durable=True))
             elif dest.kind == "amqqueue":
                 queue = dest.name
             else:  # /exchange/<name> without a key: a queue of this subscription, bound to it
                 queue = await channel.declare_queue(
-                    "", **_queue_params(headers, durable=False, exclusive=True, auto_delete=True)
+                    "", **queue_params(headers, durable=False, exclusive=True, auto_delete=True)
                 )
                 await channel.bind_queue(queue, dest.name, dest.key or "")
             if self.closed:
@@ -716,7 +702,7 @@ class StompSession:
         if queue in declared:
             return
         try:
-            await channel.declare_queue(queue, **_queue_params(headers, durable=True))
+            await channel.declare_queue(queue, **queue_params(headers, durable=True))
         except BrokerError as exc:
             raise StompError("Send failed", f"'/queue/{queue}': {exc}") from None
         if len(declared) < 1000:
@@ -759,18 +745,10 @@ class StompSession:
 
     # --- transactions -----------------------------------------------------------------------
 
-    def _in_transaction(self, transaction: str, frame: Frame) -> None:
-        transactions = self._transactions or {}
-        frames = transactions.get(transaction)
-        if frames is None:
-            raise StompError("Bad transaction", f"invalid transaction identifier: {transaction!r}")
-        if len(frames) >= MAX_TRANSACTION_FRAMES:
-            raise StompError(
-                "Transaction too large",
-                f"a transaction holds {MAX_TRANSACTION_FRAMES} frames at most",
-            )
-        frame.headers.pop("transaction")
-        frames.append(frame)
+    def _in_transaction(self, name: str, frame: Frame) -> None:
+        if self._transactions is None:
+            self._transactions = Transactions()
+        self._transactions.hold(name, frame)
         if frame.command != "SEND":
             # As RabbitMQ does: an ACK or NACK is receipted when held, a SEND once its
             # confirm came after the COMMIT.
@@ -778,8 +756,6 @@ class StompSession:
             frame.headers.pop("receipt", None)
 
     async def _transaction(self, frame: Frame) -> None:
-        """BEGIN, COMMIT, ABORT, as RabbitMQ's STOMP plugin does them: the SENDs, ACKs and
-        NACKs of a transaction are held in the session and done in order on COMMIT."""
         command = frame.command
         name = frame.headers.get("transaction")
         if name is None:
@@ -787,20 +763,11 @@ class StompSession:
                 "Missing transaction", f"{command} must include a 'transaction' header"
             )
         if self._transactions is None:
-            self._transactions = {}
-        transactions = self._transactions
+            self._transactions = Transactions()
         if command == "BEGIN":
-            if name in transactions:
-                raise StompError("Bad transaction", f"transaction {name!r} has already begun")
-            if len(transactions) >= MAX_TRANSACTIONS:
-                raise StompError(
-                    "Too many transactions", f"a connection may have {MAX_TRANSACTIONS} open"
-                )
-            transactions[name] = []
+            self._transactions.begin(name)
             return
-        frames = transactions.pop(name, None)
-        if frames is None:
-            raise StompError("Bad transaction", f"invalid transaction identifier: {name!r}")
+        frames = self._transactions.end(name)
         if command == "COMMIT":
             for held in frames:
                 try:
@@ -810,35 +777,3 @@ class StompSession:
                         exc.receipt = held.headers.get("receipt")
                     raise
             await self._drain_publishes()
-
-
-def _queue_params(
-    headers: dict[str, str], *, durable: bool, exclusive: bool = False, auto_delete: bool = False
-) -> dict[str, Any]:
-    """``queue.declare`` flags and arguments from SUBSCRIBE (or SEND) headers, with
-    RabbitMQ's defaults for the destination (``rabbit_stomp_util:build_params``)."""
-
-    def flag(name: str, default: bool) -> bool:
-        value = headers.get(name)
-        if value is None:
-            return default
-        if value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise StompError("Invalid header", f"{name} must be true or false, got {value!r}")
-
-    durable = flag("durable", flag("persistent", durable))
-    arguments: dict[str, Any] = {}
-    for name, value in headers.items():
-        if name in _INT_ARGUMENTS:
-            text = value.strip()
-            if not (text.isascii() and text.isdigit()):
-                raise StompError("Invalid header", f"{name} must be a number, got {value!r}")
-            arguments[name] = int(text)
-        elif name in _STR_ARGUMENTS:
-            arguments[name] = value.strip()
-    return {
-        "durable": durable,
-        "exclusive": flag("exclusive", exclusive),
-        "auto_delete": flag("auto-delete", auto_delete),
-        "arguments": arguments,
-    }

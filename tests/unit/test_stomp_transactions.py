@@ -1,0 +1,75 @@
+"""STOMP transactions held by a connection, and queue.declare parameters from headers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rabbitsocks.stomp.frames import Frame, StompError
+from rabbitsocks.stomp.messages import queue_params
+from rabbitsocks.stomp.transactions import MAX_TRANSACTION_FRAMES, MAX_TRANSACTIONS, Transactions
+
+
+def test_frames_are_held_in_order_until_the_end() -> None:
+    tx = Transactions()
+    tx.begin("t")
+    first = Frame("SEND", {"transaction": "t", "destination": "/topic/a"}, b"1")
+    second = Frame("ACK", {"transaction": "t", "id": "x"})
+    tx.hold("t", first)
+    tx.hold("t", second)
+    assert tx.end("t") == [first, second]
+    assert "transaction" not in first.headers
+    with pytest.raises(StompError, match="invalid transaction identifier"):
+        tx.end("t")
+
+
+def test_misuse() -> None:
+    tx = Transactions()
+    tx.begin("t")
+    with pytest.raises(StompError, match="has already begun"):
+        tx.begin("t")
+    with pytest.raises(StompError, match="invalid transaction identifier"):
+        tx.hold("nope", Frame("SEND"))
+    with pytest.raises(StompError, match="invalid transaction identifier"):
+        tx.end("nope")
+
+
+def test_bounds() -> None:
+    tx = Transactions()
+    for i in range(MAX_TRANSACTIONS):
+        tx.begin(str(i))
+    with pytest.raises(StompError, match=f"may have {MAX_TRANSACTIONS} open"):
+        tx.begin("one more")
+    for _ in range(MAX_TRANSACTION_FRAMES):
+        tx.hold("0", Frame("SEND"))
+    with pytest.raises(StompError) as caught:
+        tx.hold("0", Frame("SEND"))
+    assert caught.value.message == "Transaction too large"
+
+
+def test_queue_params_defaults_and_headers() -> None:
+    assert queue_params({}, durable=True) == {
+        "durable": True,
+        "exclusive": False,
+        "auto_delete": False,
+        "arguments": {},
+    }
+    headers = {
+        "persistent": "false",
+        "auto-delete": "true",
+        "x-max-length": " 10",
+        "x-queue-type": "quorum",
+        "x-unknown": "ignored",
+    }
+    assert queue_params(headers, durable=True) == {
+        "durable": False,
+        "exclusive": False,
+        "auto_delete": True,
+        "arguments": {"x-max-length": 10, "x-queue-type": "quorum"},
+    }
+    assert queue_params({"durable": "True"}, durable=False)["durable"] is True
+
+
+@pytest.mark.parametrize(("name", "value"), [("durable", "yes"), ("x-message-ttl", "soon")])
+def test_queue_params_refuse_bad_values(name: str, value: str) -> None:
+    with pytest.raises(StompError, match=name):
+        queue_params({name: value}, durable=True)
