@@ -3,9 +3,9 @@ configuration), documented key by key in docs/stomp.md and docs/configuration.md
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from rabbitsocks.config import HookConfig
+from rabbitsocks.config import HookConfig, above, at_least, one_of
 from rabbitsocks.stomp.destinations import DestinationRules
 
 __all__ = ["Options"]
@@ -13,11 +13,16 @@ __all__ = ["Options"]
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """What a STOMP listener allows and how much of it."""
+    """What a STOMP listener allows and how much of it.
+
+    The metadata is checked when the configuration is resolved (``rabbitsocks check`` and
+    ``serve`` alike): ``broker`` must name a configured broker, the numbers their bounds;
+    ``__post_init__`` checks the destination patterns and ``prefetch <= max_prefetch``.
+    """
 
     #: The broker of /topic/, /exchange/ and queue destinations; ``None``: the process's
     #: default broker. Queue and /exchange/ destinations need a RabbitMQ (amqp) broker.
-    broker: str | None = None
+    broker: str | None = field(default=None, metadata=one_of("brokers"))
     #: The exchange behind /topic/ (Web-STOMP's ``default_topic_exchange``).
     topic_exchange: str = "amq.topic"
     #: Destinations clients may SUBSCRIBE to, as patterns (``/topic/news.#``,
@@ -35,23 +40,23 @@ class Options:
     send_claim: str | None = None
     #: Heart-beats (ms): the fastest we send them, and the fastest we ask the client to;
     #: 0 turns that direction off. Clients may ask for slower ones, never for faster.
-    heart_beat_send: int = 10_000
-    heart_beat_receive: int = 10_000
+    heart_beat_send: int = field(default=10_000, metadata=at_least(0))
+    heart_beat_receive: int = field(default=10_000, metadata=at_least(0))
     #: Seconds a client has to send CONNECT after the WebSocket opened.
-    connect_timeout: float = 10.0
+    connect_timeout: float = field(default=10.0, metadata=above(0))
     #: Largest frame accepted, headers and body, in octets; and most headers in one frame.
-    max_frame_size: int = 1024 * 1024
-    max_headers: int = 100
+    max_frame_size: int = field(default=1024 * 1024, metadata=at_least(1))
+    max_headers: int = field(default=100, metadata=at_least(1))
     #: Subscriptions one connection may hold at once (temp-queues count).
-    max_subscriptions: int = 100
+    max_subscriptions: int = field(default=100, metadata=at_least(1))
     #: Unacknowledged messages per queue subscription, unless SUBSCRIBE has a
     #: ``prefetch-count`` header (which may not exceed ``max_prefetch``).
-    prefetch: int = 100
-    max_prefetch: int = 1000
+    prefetch: int = field(default=100, metadata=at_least(1))
+    max_prefetch: int = field(default=1000, metadata=at_least(1))
     #: Frames per second per connection (ACK and NACK excepted) and the burst above that
     #: rate: a faster client is not read until it is back under the rate.
-    rate: float = 100.0
-    burst: int = 200
+    rate: float = field(default=100.0, metadata=above(0))
+    burst: int = field(default=200, metadata=at_least(1))
 
     def __post_init__(self) -> None:
         for name in ("subscribe", "send"):
@@ -59,20 +64,5 @@ class Options:
                 DestinationRules(getattr(self, name))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
-        positive = (
-            "max_frame_size",
-            "max_headers",
-            "max_subscriptions",
-            "prefetch",
-            "max_prefetch",
-            "burst",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer")
         if self.prefetch > self.max_prefetch:
             raise ValueError("prefetch: expected at most max_prefetch")
-        if self.heart_beat_send < 0 or self.heart_beat_receive < 0:
-            raise ValueError("heart_beat_send, heart_beat_receive: expected 0 or more ms")
-        if self.connect_timeout <= 0 or self.rate <= 0:
-            raise ValueError("connect_timeout, rate: expected positive numbers")

@@ -1,9 +1,13 @@
-"""STOMP transactions held by a connection, and queue.declare parameters from headers."""
+"""STOMP transactions held by a connection, queue.declare parameters from headers, and the
+options of a STOMP listener as the configuration is resolved."""
 
 from __future__ import annotations
 
 import pytest
 
+from rabbitsocks.config import parse_config
+from rabbitsocks.errors import ConfigError
+from rabbitsocks.plan import plan_config
 from rabbitsocks.stomp.frames import Frame, StompError
 from rabbitsocks.stomp.messages import queue_params
 from rabbitsocks.stomp.transactions import MAX_TRANSACTION_FRAMES, MAX_TRANSACTIONS, Transactions
@@ -73,3 +77,47 @@ def test_queue_params_defaults_and_headers() -> None:
 def test_queue_params_refuse_bad_values(name: str, value: str) -> None:
     with pytest.raises(StompError, match=name):
         queue_params({name: value}, durable=True)
+
+
+# --- options, as `rabbitsocks check` and `serve` resolve them ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"broker": "nosuch"},
+            "listeners[0].options.broker: expected one of the configured brokers (memory),"
+            " got 'nosuch'",
+        ),
+        ({"prefetch": 0}, "listeners[0].options.prefetch: expected an integer >= 1, got 0"),
+        ({"rate": 0}, "listeners[0].options.rate: expected a number > 0, got 0"),
+        (
+            {"heart_beat_send": -1},
+            "listeners[0].options.heart_beat_send: expected an integer >= 0, got -1",
+        ),
+        (
+            {"subscribe": ["/nowhere/x"]},
+            "listeners[0].options.subscribe: '/nowhere/x': '/nowhere/x' is not a valid destination",
+        ),
+        (
+            {"prefetch": 50, "max_prefetch": 10},
+            "listeners[0].options.prefetch: expected at most max_prefetch",
+        ),
+        (
+            {"send_auth": {"callable": "json:nosuch"}},
+            "listeners[0].options.send_auth.callable: cannot load 'json:nosuch'",
+        ),
+    ],
+)
+def test_options_are_checked_when_the_configuration_is_resolved(
+    options: dict[str, object], message: str
+) -> None:
+    raw = {
+        "listeners": [
+            {"interface": "127.0.0.1:0", "callback": "callbacks.stomp", "options": options}
+        ]
+    }
+    with pytest.raises(ConfigError) as caught:
+        plan_config(parse_config(raw, environ={}))
+    assert message in str(caught.value)
