@@ -44,7 +44,6 @@ from rabbitsocks.errors import CallbackLoadError, ConnectionRefused
 from rabbitsocks.frames import SharedFrame
 
 if TYPE_CHECKING:
-    from rabbitsocks.auth import ConnectAuthorizer
     from rabbitsocks.services import Services
 
 __all__ = [
@@ -102,6 +101,18 @@ class Callback(Protocol):
     def terminate(self, state: Any) -> Any: ...
 
 
+class ConnectCheck(Protocol):
+    """A listener's connect authorization (``auth.ConnectAuthorizer``), as a callback that
+    authorizes in its own protocol sees it."""
+
+    #: Set by the callback's ``setup``: the handshake no longer decides, ``check`` does.
+    deferred: bool
+
+    async def check(self, request: Any, token: str | None = None) -> dict[str, Any] | None:
+        """The verified claims (``None`` without a token); ``AuthDenied`` to refuse."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerContext:
     """What a callback's optional ``setup`` receives, once per listener."""
@@ -115,7 +126,7 @@ class ListenerContext:
     #: The listener's connect authorization (``auth``), if it has one. A callback whose
     #: protocol presents credentials after the handshake sets its ``deferred`` and calls
     #: its ``check`` itself (see ``callbacks.stomp``).
-    authorizer: ConnectAuthorizer | None = None
+    authorizer: ConnectCheck | None = None
 
 
 def _adapt(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -12,7 +12,8 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from rabbitsocks.auth import ConnectAuthorizer, JoinAuthorizer
+from rabbitsocks.auth import JoinAuthorizer
+from rabbitsocks.callback import ConnectCheck
 from rabbitsocks.connection import ConnectionInfo
 from rabbitsocks.errors import BrokerError, UnknownBroker
 from rabbitsocks.pubsub.hub import Hub
@@ -39,7 +40,7 @@ class StompServer:
         options: Options,
         services: Services,
         *,
-        connect_auth: ConnectAuthorizer | None = None,
+        connect_auth: ConnectCheck | None = None,
         subscribe_auth: JoinAuthorizer | None = None,
         send_auth: JoinAuthorizer | None = None,
     ) -> None:
