@@ -20,8 +20,8 @@ import time
 from rabbitsocks.connection import Connection, ConnectRequest
 from rabbitsocks.frames import OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.transports.acceptor import Acceptor
-from rabbitsocks.transports.engineio import Session
 from rabbitsocks.transports.gate import Refusal
+from rabbitsocks.transports.session import Session
 from rabbitsocks.wire import engineio
 from rabbitsocks.wire.socketio import (
     BINARY_EVENT,

@@ -26,7 +26,7 @@ import pytest
 from rabbitsocks import Listener
 from rabbitsocks.config import LimitsConfig, SocketIOConfig
 from rabbitsocks.transports import ABORT_GRACE
-from rabbitsocks.transports.engineio import Session
+from rabbitsocks.transports.session import Session
 from tests.support.procfs import held_connections, rss_bytes, wait_until
 from tests.support.pubsub import (
     BrokerKind,

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rabbitsocks.transports.gate",),
     ("rabbitsocks.transports.acceptor",),
     ("rabbitsocks.transports.websocket", "rabbitsocks.transports.affinity"),
+    ("rabbitsocks.transports.session",),
     ("rabbitsocks.transports.bare", "rabbitsocks.transports.engineio"),
     ("rabbitsocks.transports.socketio",),
     ("rabbitsocks.transports.front",),
