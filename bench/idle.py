@@ -8,7 +8,7 @@ the websocket transport with the ``/`` namespace connected), waits through a pin
 
 With ``--baseline DIR`` the same runs against another checkout (its ``.venv``), in the
 same invocation: the before and after of a change. Clients connect from 127.0.0.2 and up
-(``--sources``), one address per 25,000 connections, so N is not capped by one address's
+(``--sources``), one address per 5,000 connections, so N is not capped by one address's
 ephemeral ports; the open-files limit of both processes is the cap (``ulimit -n``).
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.targets import ROOT, free_port, wait_listening
 
-PER_SOURCE = 25_000
+PER_SOURCE = 5_000
 
 
 def rss_kib(pid: int) -> int:
