@@ -144,8 +144,14 @@ class ServerCollector(Collector):
         )
         bytes_sent = CounterMetricFamily(
             "rabbitsocks_frame_bytes_sent",
-            "Bytes of frames sent by callbacks.",
+            "Bytes written to clients: every frame, fan-out included, as its transport frames it.",
             labels=["listener"],
+        )
+        passed_on = CounterMetricFamily(
+            "rabbitsocks_worker_requests_passed",
+            "Requests of another worker's Socket.IO session passed to it (serve --workers),"
+            " by how: hand-off (the socket), relay (TLS), forward (HTTP).",
+            labels=["listener", "how"],
         )
         errors = CounterMetricFamily(
             "rabbitsocks_errors",
@@ -166,7 +172,10 @@ class ServerCollector(Collector):
             bytes_sent.add_metric([name], stats.bytes_sent)
             for kind, count in sorted(stats.errors.items()):
                 errors.add_metric([name, kind], count)
+            for how, count in sorted(stats.passed_on.items()):
+                passed_on.add_metric([name, how], count)
         yield from (connections, opened, slow, frames_in, frames_sent, bytes_sent, errors)
+        yield passed_on
         yield from self._brokers()
         yield from self._rpc()
 

@@ -118,6 +118,8 @@ class Listener:
             addresses=ClientAddresses(config.trusted_proxies, config.proxy_protocol),
         )
         self.affinity = affinity
+        if affinity is not None:
+            affinity.passed = self.stats.passed_on
         self._stopped = False
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.AppRunner | None = None

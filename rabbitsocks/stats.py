@@ -26,6 +26,9 @@ class ListenerStats:
     #: Frames callbacks sent with ``writer.send`` (fan-out deliveries are the hub's).
     frames_sent: int = 0
     bytes_sent: int = 0
+    #: Requests of another worker's Socket.IO session passed to it (``serve --workers``), by
+    #: how: "hand-off", "relay", "forward".
+    passed_on: Counter[str] = field(default_factory=Counter)
     #: Errors by kind: "callback" (a callback raised), and refused handshakes by reason
     #: ("origin", "limit", "auth", "init").
     errors: Counter[str] = field(default_factory=Counter)

@@ -8,10 +8,12 @@ number (``sid_prefix``), and a worker that receives a request for another worker
 passes it on, in the cheapest way the connection allows:
 
 * **Hand-off** (the first request of a plain TCP connection, polling or WebSocket upgrade):
-  the socket itself moves to the owner, with the bytes read so far, over a Unix datagram
-  socket (``SCM_RIGHTS``). The owner serves the connection from then on as if it had
-  accepted it; the passing worker keeps nothing. A WebSocket that upgrades a session costs
-  the other worker nothing after that first request.
+  the socket itself moves to the owner, with the bytes read so far, over a Unix
+  ``SOCK_SEQPACKET`` connection between the two workers (``SCM_RIGHTS``). When that
+  connection's buffer is full (a burst), the request is relayed instead. The owner serves
+  the connection from then on as if it had accepted it; the passing worker keeps nothing.
+  A WebSocket that upgrades a session costs the other worker nothing after that first
+  request.
 * **Relay** (the first request of a TLS connection, whose encryption state cannot move):
   the bytes are piped to the owner's internal stream socket, behind a PROXY protocol line
   naming the client.
@@ -32,6 +34,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,12 +79,14 @@ class Affinity:
         self.workers = workers
         self.sid_prefix = SID_DIGITS[worker]
         self._inbox: socket.socket | None = None
-        self._outbox: socket.socket | None = None
+        #: Connected hand-off sockets: to each other worker, and from them.
+        self._writers: dict[int, socket.socket] = {}
+        self._readers: set[socket.socket] = set()
         self._internal: asyncio.AbstractServer | None = None
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._adopt: Callable[[socket.socket, bytes, str], None] | None = None
-        #: Requests passed on to other workers, by how.
-        self.passed = {"hand-off": 0, "relay": 0, "forward": 0}
+        #: Requests passed on to other workers, by how (the listener's ``stats.passed_on``).
+        self.passed: Counter[str] = Counter()
 
     def path(self, worker: int, kind: str) -> str:
         return str(self.directory / f"{self.listener}-{worker}.{kind}")
@@ -113,13 +118,14 @@ class Affinity:
         for kind in ("fd", "http"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path(self.worker, kind))
-        inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # SOCK_SEQPACKET: a connection per pair of workers, its messages kept whole (a
+        # datagram socket's queue holds 10 by default: a burst of hand-offs overflowed it).
+        inbox = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         inbox.bind(self.path(self.worker, "fd"))
+        inbox.listen(64)
         inbox.setblocking(False)
         self._inbox = inbox
-        loop.add_reader(inbox.fileno(), self._receive)
-        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._outbox.setblocking(False)
+        loop.add_reader(inbox.fileno(), self._accept)
         self._internal = await loop.create_unix_server(internal, self.path(self.worker, "http"))
 
     async def stop(self) -> None:
@@ -128,9 +134,13 @@ class Affinity:
             loop.remove_reader(self._inbox.fileno())
             self._inbox.close()
             self._inbox = None
-        if self._outbox is not None:
-            self._outbox.close()
-            self._outbox = None
+        for peer in self._readers:
+            loop.remove_reader(peer.fileno())
+            peer.close()
+        self._readers.clear()
+        for peer in self._writers.values():
+            peer.close()
+        self._writers.clear()
         if self._internal is not None:
             self._internal.close()
             self._internal = None
@@ -145,31 +155,59 @@ class Affinity:
 
     def hand_off(self, tcp: asyncio.Transport, data: bytes, owner: int, client: str) -> bool:
         """Move the socket of ``tcp`` (reading paused) to ``owner`` with ``data``, the bytes
-        read from it; ``False`` if it could not go (then the caller keeps it)."""
+        read from it; ``False`` if it could not go now (then the caller relays it)."""
         sock = tcp.get_extra_info("socket")
-        if self._outbox is None or sock is None or len(data) > _MAX_MESSAGE - 256:
+        if self._inbox is None or sock is None or len(data) > _MAX_MESSAGE - 256:
             return False
         message = client.encode("ascii", "replace") + b"\n" + data
         try:
-            socket.send_fds(self._outbox, [message], [sock.fileno()], 0, self.path(owner, "fd"))
+            peer = self._writers.get(owner)
+            if peer is None:
+                peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    peer.connect(self.path(owner, "fd"))  # a local socket: at once
+                except OSError:
+                    peer.close()
+                    raise
+                peer.setblocking(False)
+                self._writers[owner] = peer
+            socket.send_fds(peer, [message], [sock.fileno()])
+        except BlockingIOError:
+            return False  # its buffer is full for now: relay this one
         except OSError as exc:
             logger.info("could not hand a connection to worker %d: %s", owner, exc)
+            dead = self._writers.pop(owner, None)
+            if dead is not None:
+                dead.close()
             return False
         self.passed["hand-off"] += 1
         tcp.abort()  # closes our descriptor only: the owner holds its own
         return True
 
-    def _receive(self) -> None:
-        inbox = self._inbox
-        assert inbox is not None
+    def _accept(self) -> None:
+        assert self._inbox is not None
+        try:
+            peer, _ = self._inbox.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        peer.setblocking(False)
+        self._readers.add(peer)
+        asyncio.get_running_loop().add_reader(peer.fileno(), self._receive, peer)
+
+    def _receive(self, peer: socket.socket) -> None:
         assert self._adopt is not None
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(inbox, _MAX_MESSAGE, 4)
+                message, fds, _, _ = socket.recv_fds(peer, _MAX_MESSAGE, 4)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 logger.warning("worker %d: reading a hand-off failed: %s", self.worker, exc)
+                message, fds = b"", []
+            if not message and not fds:  # the other worker is gone
+                asyncio.get_running_loop().remove_reader(peer.fileno())
+                self._readers.discard(peer)
+                peer.close()
                 return
             for extra in fds[1:]:
                 os.close(extra)

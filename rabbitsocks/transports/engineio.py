@@ -265,9 +265,11 @@ class EngineIO:
             return self._error(request, 400, UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol")
         transport = query.get("transport")
         affinity = self.affinity
-        if affinity is not None and request.transport not in self.acceptor.addresses.internal:
+        if affinity is not None:
+            # A kept-alive connection (handed over, relayed, or ours from the start) carries
+            # a request for a session of another worker: the owner serves it.
             owner = affinity.foreign(query.get("sid"))
-            if owner is not None:  # a kept-alive connection's request for another worker
+            if owner is not None:
                 client = self.acceptor.addresses.resolve(request.transport, request.headers)
                 return await affinity.forward(request, owner, client)
         connect = ConnectRequest(
