@@ -1,4 +1,6 @@
-"""Fixtures for the tests against the real RabbitMQ (127.0.0.1:5672, management on :15672).
+"""Fixtures for the tests against the real RabbitMQ (127.0.0.1:5672, management on :15672),
+and private nodes for the tests that stop, freeze or partition RabbitMQ (never the shared
+one; see tests/support/rabbitmq.py).
 
 These tests fail, never skip, when RabbitMQ is down: a skipped integration suite looks green.
 ``RABBITSOCKS_AMQP_URL`` and ``RABBITSOCKS_RABBITMQ_ADMIN_URL`` point them elsewhere.
@@ -11,7 +13,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -19,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.support.pubsub import amqp_url as reachable_amqp_url
+from tests.support.rabbitmq import PrivateCluster, PrivateNode, rabbitmq_available
 
 DEFAULT_ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
 
@@ -136,3 +139,62 @@ async def rabbitmq_admin() -> AsyncIterator[RabbitAdmin]:
         except (aiohttp.ClientError, TimeoutError) as exc:
             pytest.fail(f"the RabbitMQ management API does not answer at {base} ({exc!r})")
         yield admin
+
+
+# --- private RabbitMQ nodes (tests that stop, freeze or partition RabbitMQ) ----------------
+
+
+@pytest.fixture(scope="session")
+def private_node_session() -> Iterator[PrivateNode]:
+    """A private single RabbitMQ node (rs-cluster-10@localhost, AMQP 25609), started once
+    per session: tests may stop_app, kill or freeze it, and must bring it back."""
+    if not rabbitmq_available():
+        pytest.fail("rabbitmq-server is not installed: the private-node tests need it")
+    cluster = PrivateCluster.create(1, first=10)
+    cluster.start()
+    try:
+        yield cluster.nodes[0]
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def private_node(private_node_session: PrivateNode) -> Iterator[PrivateNode]:
+    """The private node, up and running again after the test, whatever it did to it."""
+    yield private_node_session
+    _restore(private_node_session)
+
+
+@pytest.fixture(scope="session")
+def private_cluster_session() -> Iterator[PrivateCluster]:
+    """A private 3-node RabbitMQ cluster (rs-cluster-1..3@localhost, AMQP 25600-25602,
+    AMQPS 25650-25652 with a CA made for the session), started once per session."""
+    if not rabbitmq_available():
+        pytest.fail("rabbitmq-server is not installed: the private-cluster tests need it")
+    cluster = PrivateCluster.create(3, tls=True)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def private_cluster(private_cluster_session: PrivateCluster) -> Iterator[PrivateCluster]:
+    """The private cluster, whole again after the test (nodes thawed, restarted, healed)."""
+    yield private_cluster_session
+    cluster = private_cluster_session
+    for node in cluster.nodes:
+        _restore(node)
+    for node in cluster.nodes:
+        if node.partitions():
+            cluster.heal(node)
+
+
+def _restore(node: PrivateNode) -> None:
+    if node.running:
+        node.thaw()
+        node.ctl("start_app")  # a no-op on a running app
+        node.await_startup()
+    else:
+        node.start()

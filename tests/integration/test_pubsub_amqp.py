@@ -40,6 +40,7 @@ from tests.support.pubsub import (
 
 if TYPE_CHECKING:
     from tests.integration.conftest import RabbitAdmin
+    from tests.support.rabbitmq import PrivateNode
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -438,21 +439,6 @@ async def until_state(broker: Broker, connected: bool, timeout: float | None) ->
             await asyncio.sleep(0.02)
 
 
-async def _until_rabbitmq_answers(admin: RabbitAdmin, amqp_url: str) -> None:
-    """After ``start_app``: until the node says it has started and 5672 accepts."""
-    url = URL(amqp_url)
-    async with asyncio.timeout(60):
-        await admin.rabbitmqctl("await_startup")
-        while True:
-            try:
-                _, writer = await asyncio.open_connection(url.host or "127.0.0.1", url.port or 5672)
-            except OSError:
-                await asyncio.sleep(0.2)
-            else:
-                writer.close()
-                return
-
-
 def _unavailable(url: str) -> str:
     """The ``#join`` reason during an outage, as a regular expression: the broker's name and
     its URL with the password masked."""
@@ -466,17 +452,19 @@ def _unavailable(url: str) -> str:
 
 @pytest.mark.slow
 async def test_rabbitmq_restart_delivery_resumes_without_rejoining(
-    amqp_url: str, clients: Clients, rabbitmq_admin: RabbitAdmin
+    private_node: PrivateNode, clients: Clients
 ) -> None:
+    # On a private node: stop_app must never bounce the shared broker on 5672.
+    amqp_url = private_node.url
     t = unique()
-    async with bridge("amqp", reconnect_min=0.1, reconnect_max=0.5) as rs:
+    async with bridge("amqp", urls=[amqp_url], reconnect_min=0.1, reconnect_max=0.5) as rs:
         ws = await clients.connect("websocket", rs.port)
         sio = await clients.connect("socketio", rs.port)
         await ws.join(f"{t}.*", f"{t}.gone.x")
         await sio.join(f"{t}.x")
         old_queue = queue_of(rs)
         try:
-            await rabbitmq_admin.rabbitmqctl("stop_app")
+            await asyncio.to_thread(private_node.stop_app)
             await until_state(rs.broker, False, WAIT)
             # A topic needing a new binding is refused, with the reason.
             ok, refused = await sio.command("join", [f"{t}.new", f"{t}.x"], answers=2)
@@ -489,12 +477,12 @@ async def test_rabbitmq_restart_delivery_resumes_without_rejoining(
             # Leaving works, and the binding is not replayed.
             await ws.leave(f"{t}.gone.x")
         finally:
-            await rabbitmq_admin.rabbitmqctl("start_app")
-            await _until_rabbitmq_answers(rabbitmq_admin, amqp_url)
+            await asyncio.to_thread(private_node.start_app)
         await until_state(rs.broker, True, 30)
         queue = queue_of(rs)
         assert queue != old_queue
-        assert await rabbitmq_admin.bindings(queue) == sorted([f"{t}.*", f"{t}.x"])
+        bindings = await asyncio.to_thread(private_node.bindings, queue)
+        assert bindings == sorted([f"{t}.*", f"{t}.x"])
         publisher = await AmqpPublisher.open(amqp_url)
         try:
             await publisher.publish(f"{t}.gone.x", b"left")

@@ -395,16 +395,26 @@ def make_services(kind: BrokerKind, url: str | None = None, **amqp: Any) -> Serv
     """``memory`` always, plus an ``amqp`` broker (the default) when ``kind`` is amqp."""
     brokers: dict[str, Broker] = {"memory": MemoryBroker("memory")}
     if kind == "amqp":
-        brokers["amqp"] = AmqpBroker("amqp", url or amqp_url(), **amqp)
+        amqp.setdefault("url", url or amqp_url())
+        brokers["amqp"] = AmqpBroker("amqp", **amqp)
     return Services(brokers=brokers, default_broker=kind)
 
 
 @contextlib.asynccontextmanager
 async def bridge(
-    kind: BrokerKind, options: dict[str, Any] | None = None, **amqp: Any
+    kind: BrokerKind,
+    options: dict[str, Any] | None = None,
+    *,
+    urls: Sequence[str] | None = None,
+    **amqp: Any,
 ) -> AsyncIterator[Bridge]:
-    url = amqp_url() if kind == "amqp" else None
-    services = make_services(kind, url, **amqp)
+    """A pubsub listener on ``kind``; ``urls`` (RabbitMQ nodes, a private cluster's) instead
+    of the test RabbitMQ. The bridge's own publisher uses the first URL."""
+    url = (urls[0] if urls else amqp_url()) if kind == "amqp" else None
+    if urls:
+        services = make_services(kind, **amqp, url=list(urls))
+    else:
+        services = make_services(kind, url, **amqp)
     await services.start()
     listener: Listener | None = None
     handle: Bridge | None = None
