@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from rabbitsocks.rpc.endpoints import RpcEndpoints
 from rabbitsocks.services import Services
-from rabbitsocks.stats import ListenerStats
+from rabbitsocks.stats import PROBE_BUCKETS, ListenerStats, ProbeStats
 
 __all__ = ["AdminEndpoint", "GcPauses", "Observed", "ServerCollector"]
 
@@ -205,6 +205,21 @@ class ServerCollector(Collector):
             "Messages some subscribers' format could not carry (pubsub: a key not UTF-8).",
             labels=["broker"],
         )
+        failovers = CounterMetricFamily(
+            "rabbitsocks_broker_failovers",
+            "Connections made to another node than the one the broker was on.",
+            labels=["broker"],
+        )
+        probe_failures = CounterMetricFamily(
+            "rabbitsocks_broker_probe_failures",
+            "End-to-end probes that did not come back in time (the node was left).",
+            labels=["broker"],
+        )
+        probe_seconds = HistogramMetricFamily(
+            "rabbitsocks_broker_probe_seconds",
+            "Round trip of the end-to-end probe: publish to our own queue, delivery back.",
+            labels=["broker"],
+        )
         joins = CounterMetricFamily("rabbitsocks_joins", "Topics joined.", labels=["broker"])
         leaves = CounterMetricFamily("rabbitsocks_leaves", "Topics left.", labels=["broker"])
         for name, hub in services.hubs.items():
@@ -217,8 +232,19 @@ class ServerCollector(Collector):
             dropped.add_metric([name], hub.dropped)
             joins.add_metric([name], hub.joins)
             leaves.add_metric([name], hub.leaves)
+            broker: Any = hub.broker
+            probes: ProbeStats | None = getattr(broker, "probes", None)
+            if probes is not None:
+                failovers.add_metric([name], broker.failovers)
+                probe_failures.add_metric([name], probes.failed)
+                cumulative, running = [], 0
+                bounds = (*PROBE_BUCKETS, float("inf"))
+                for bound, count in zip(bounds, probes.buckets, strict=True):
+                    running += count
+                    cumulative.append((_bucket_label(bound), running))
+                probe_seconds.add_metric([name], cumulative, probes.latency_sum)
         yield from (up, topics, bindings, messages, dropped, deliveries)
-        yield from (joins, leaves)
+        yield from (joins, leaves, failovers, probe_failures, probe_seconds)
 
     def _rpc(self) -> Iterator[Metric]:
         rpc = self.server.rpc
@@ -247,6 +273,10 @@ class ServerCollector(Collector):
             count = goridge.stats.disconnects[reason] if goridge is not None else 0
             goridge_cut.add_metric([reason], count)
         yield from (calls, async_failed, goridge_open, goridge_cut)
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class AdminEndpoint:
@@ -282,12 +312,23 @@ class AdminEndpoint:
         return web.json_response({"status": "ok", "uptime": round(time.time() - self.started, 1)})
 
     async def ready(self, request: web.Request) -> web.Response:
+        """200 when ready, else 503. A connected AMQP broker whose probe has not passed on
+        its current node (or failed) is not ready: connected is not delivering."""
         problems = self.server.unready()
         brokers: dict[str, dict[str, Any]] = {}
         for name, hub in self.server.services.hubs.items():
             brokers[name] = {"connected": hub.connected}
-            url = getattr(hub.broker, "safe_url", None)  # AMQP brokers: masked already
+            broker: Any = hub.broker
+            url = getattr(broker, "safe_url", None)  # AMQP brokers: masked already
             if url:
                 brokers[name]["url"] = url
+            probes: ProbeStats | None = getattr(broker, "probes", None)
+            if probes is not None:
+                reason = broker.unready
+                if hub.connected and reason is not None:
+                    problems.append(f"broker {name}: {reason}")
+                brokers[name]["probe"] = reason or "ok"
+                if probes.last_latency is not None:
+                    brokers[name]["probe_seconds"] = round(probes.last_latency, 4)
         body = {"ready": not problems, "problems": problems, "brokers": brokers}
         return web.json_response(body, status=200 if not problems else 503)

@@ -186,7 +186,8 @@ def describe(config: Config) -> str:
     lines.append("broker memory: in-process")
     for name, broker in config.brokers.items():
         if broker.type == "amqp":
-            lines.append(f"broker {name}: {mask_url(broker.url)} exchange {broker.exchange}")
+            urls = ", ".join(mask_url(u) for u in broker.url)
+            lines.append(f"broker {name}: {urls} exchange {broker.exchange}")
     lines.append(f"default broker: {config.effective_default_broker}")
     if config.rpc.goridge is not None:
         lines.append(f"rpc goridge: {config.rpc.goridge}")

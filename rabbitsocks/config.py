@@ -23,6 +23,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+from yarl import URL
 
 from rabbitsocks.errors import ConfigError
 from rabbitsocks.logs import mask_url, redact_url
@@ -43,6 +45,7 @@ __all__ = [
     "ENVIRONMENT",
     "AuthConfig",
     "BrokerConfig",
+    "BrokerTlsConfig",
     "Config",
     "HookConfig",
     "Interface",
@@ -60,16 +63,22 @@ __all__ = [
     "default_config_path",
     "load_config",
     "one_of",
+    "parse_amqp_url",
+    "parse_amqp_urls",
     "parse_config",
     "parse_interface",
     "parse_options",
+    "split_amqp_urls",
 ]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 #: Environment variables read on load, and what each overrides.
 ENVIRONMENT: Mapping[str, str] = {
-    "RABBITSOCKS_AMQP_URL": "brokers.amqp.url (adds an amqp broker when none is configured)",
+    "RABBITSOCKS_AMQP_URL": (
+        "brokers.amqp.url: one URL, or several separated by spaces or commas"
+        " (adds an amqp broker when none is configured)"
+    ),
     "RABBITSOCKS_AMQP_EXCHANGE": "brokers.amqp.exchange",
     "RABBITSOCKS_DEFAULT_BROKER": "default_broker",
     "RABBITSOCKS_LISTEN": "listeners[0].interface (only when there is one listener)",
@@ -351,28 +360,123 @@ class ListenerConfig:
         return str(self.interface)
 
 
+_URL_EXPECTED = "an amqp:// or amqps:// URL"
+
+
+def parse_amqp_url(raw: object) -> str:
+    """Check one AMQP URL the way the connection will read it (yarl, as aiormq does).
+
+    A comma-separated list in one string used to pass here and then fail at every
+    reconnect with "port can't be converted to integer": several URLs are a YAML list.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Invalid(f"expected {_URL_EXPECTED}, got {_show(raw)}")
+    text = raw.strip()
+    shown = _show(mask_url(text))
+    if not text.startswith(("amqp://", "amqps://")):
+        raise _Invalid(f"expected {_URL_EXPECTED}, got {shown}")
+    if re.search(r"[\s,]amqps?://", text):
+        several = _show(", ".join(mask_url(u) for u in split_amqp_urls(text)))
+        raise _Invalid(
+            f"expected one URL, got several in one string {several}: write them as a YAML list"
+            " (or, in RABBITSOCKS_AMQP_URL, separated by spaces or commas)"
+        )
+    try:
+        url = URL(text)
+        host, port = url.host, url.port
+    except ValueError as exc:
+        raise _Invalid(f"expected {_URL_EXPECTED}, got {shown}: {exc}") from None
+    if not host:
+        raise _Invalid(f"expected {_URL_EXPECTED} with a host, got {shown}")
+    if port is not None and not 0 < port < 65536:
+        raise _Invalid(f"expected a port between 1 and 65535, got {shown}")
+    return text
+
+
+def parse_amqp_urls(raw: object) -> tuple[str, ...]:
+    """``url:`` as one URL or a list of them, tried in turn (failover)."""
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise _Invalid(f"expected {_URL_EXPECTED} or a list of them, got an empty list")
+    urls = []
+    for index, item in enumerate(items):
+        try:
+            urls.append(parse_amqp_url(item))
+        except _Invalid as exc:
+            raise _Invalid(f"[{index}]: {exc}" if isinstance(raw, list) else str(exc)) from None
+    return tuple(urls)
+
+
+def split_amqp_urls(text: str) -> tuple[str, ...]:
+    """The URLs of ``RABBITSOCKS_AMQP_URL``: one, or several separated by spaces or commas
+    (a comma separates only before ``amqp://`` or ``amqps://``, so a password may hold one)."""
+    return tuple(p for p in re.split(r"\s+|,\s*(?=amqps?://)", text.strip()) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTlsConfig:
+    """TLS to RabbitMQ, for ``amqps://`` URLs. Without a CA file the system's CAs verify."""
+
+    #: PEM file of the CA(s) that signed RabbitMQ's certificate.
+    ca_file: str | None = None
+    #: A client certificate chain and its key (PEM), for RabbitMQ's peer verification.
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Verify RabbitMQ's certificate and host name. Off only for tests.
+    verify: bool = True
+    #: The name to check RabbitMQ's certificate against (and send as SNI), when it is not
+    #: the URL's host (for example a URL with an IP address).
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise ValueError(f"{missing}: expected both cert_file and key_file, or neither")
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     """A message broker the pub/sub callback and RPC can use by name."""
 
     type: Literal["amqp", "memory"] = "amqp"
-    #: AMQP URL (``amqp://`` or ``amqps://``); ``RABBITSOCKS_AMQP_URL`` overrides it.
-    url: str = DEFAULT_AMQP_URL
+    #: AMQP URL(s) (``amqp://`` or ``amqps://``), tried in turn: one string or a list of the
+    #: nodes of one cluster. ``RABBITSOCKS_AMQP_URL`` overrides it.
+    url: tuple[str, ...] = field(default=(DEFAULT_AMQP_URL,), metadata={"parse": parse_amqp_urls})
     #: The topic exchange; declared (durable) when it is not a built-in ``amq.*`` one.
     exchange: str = "amq.topic"
-    #: Seconds to wait for a publisher confirm before a publish fails.
-    confirm_timeout: float = 5.0
+    #: Seconds to wait for a publisher confirm before a publish's outcome is unknown. Below
+    #: ``rpc.confirm_timeout``, so that RPC can tell "unknown" (504) apart.
+    confirm_timeout: float = field(default=5.0, metadata=above(0))
     #: AMQP prefetch (unacknowledged deliveries in flight) of the process's queue.
-    prefetch: int = 2000
+    prefetch: int = field(default=2000, metadata=at_least(0))
     #: Seconds between reconnect attempts: from ``reconnect_min``, doubling (with jitter)
     #: up to ``reconnect_max``. Messages published while the bridge is reconnecting are
     #: not delivered, so a short ceiling loses fewer after an outage.
-    reconnect_min: float = 0.5
-    reconnect_max: float = 10.0
+    reconnect_min: float = field(default=0.5, metadata=above(0))
+    reconnect_max: float = field(default=10.0, metadata=above(0))
+    #: Seconds a connection attempt (and each control request) may take.
+    connect_timeout: float = field(default=5.0, metadata=above(0))
+    #: AMQP heartbeat in seconds (0: off). A connection silent for about three times this
+    #: is dropped, so a hung node is left in seconds rather than minutes.
+    heartbeat: int = field(default=10, metadata=at_least(0))
+    #: Seconds between end-to-end probes (a message to our own queue, expected back);
+    #: 0 turns the probe off.
+    probe_interval: float = field(default=2.0, metadata=at_least(0))
+    #: Seconds a probe may take before the node is taken as not delivering: ``/ready`` says
+    #: 503, and the broker leaves that node for the next URL.
+    probe_timeout: float = field(default=3.0, metadata=above(0))
+    #: Return to the first URL once it answers again (only with several URLs).
+    rebalance: bool = False
+    #: Seconds between attempts to return to the first URL.
+    rebalance_interval: float = field(default=30.0, metadata=above(0))
+    tls: BrokerTlsConfig = field(default_factory=BrokerTlsConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.reconnect_min <= self.reconnect_max:
             raise ValueError("expected 0 < reconnect_min <= reconnect_max")
+        if self.heartbeat > 65535:
+            # Connection.Tune's heartbeat is a short (AMQP 0-9-1, section 1.4.2.6).
+            raise ValueError(f"heartbeat: expected at most 65535 seconds, got {self.heartbeat}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,12 +790,20 @@ def _check_brokers(config: Config) -> None:
     for name, broker in config.brokers.items():
         if name == "memory" and broker.type != "memory":
             raise ConfigError(config.source, "brokers.memory.type", "expected 'memory'")
-        if broker.type == "amqp" and not broker.url.startswith(("amqp://", "amqps://")):
-            raise ConfigError(
-                config.source,
-                f"brokers.{name}.url",
-                f"expected an amqp:// or amqps:// URL, got {_show(mask_url(broker.url))}",
-            )
+        if broker.type == "amqp":
+            for index, url in enumerate(broker.url):
+                key = f"brokers.{name}.url" + (f"[{index}]" if len(broker.url) > 1 else "")
+                try:
+                    parse_amqp_url(url)
+                except _Invalid as exc:
+                    raise ConfigError(config.source, key, str(exc)) from None
+            tls = broker.tls
+            for attr in ("ca_file", "cert_file", "key_file"):
+                path = getattr(tls, attr)
+                if path is not None and not os.path.isfile(path):
+                    raise ConfigError(
+                        config.source, f"brokers.{name}.tls.{attr}", f"no such file: {path!r}"
+                    )
     default = config.effective_default_broker
     if default not in config.broker_names:
         raise ConfigError(
@@ -768,12 +880,17 @@ def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
         return ConfigError("environment", var, message)
 
     brokers = dict(config.brokers)
-    url = env.get("RABBITSOCKS_AMQP_URL")
-    if url:
-        if not url.startswith(("amqp://", "amqps://")):
-            raise invalid("RABBITSOCKS_AMQP_URL", f"expected an amqp:// URL, got {mask_url(url)!r}")
+    url = env.get("RABBITSOCKS_AMQP_URL", "")
+    if url.strip():
+        urls = split_amqp_urls(url)
+        for index, one in enumerate(urls):
+            try:
+                parse_amqp_url(one)
+            except _Invalid as exc:
+                where = f" (URL {index + 1} of {len(urls)})" if len(urls) > 1 else ""
+                raise invalid("RABBITSOCKS_AMQP_URL", f"{exc}{where}") from None
         current = brokers.get("amqp", BrokerConfig())
-        brokers["amqp"] = dataclasses.replace(current, url=url)
+        brokers["amqp"] = dataclasses.replace(current, url=urls)
     exchange = env.get("RABBITSOCKS_AMQP_EXCHANGE")
     if exchange:
         if "amqp" not in brokers:

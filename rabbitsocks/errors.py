@@ -17,7 +17,9 @@ adapter boundary with ``raise ... from exc``; nothing above the adapters catches
     ├── BrokerError                 a fault of the message broker
     │   ├── BrokerUnavailable       not connected (outage, reconnecting, closed)
     │   ├── UnknownBroker           a broker name that is not configured (caller)
-    │   └── PublishFailed           a publish was nacked, returned or timed out
+    │   └── PublishFailed           a publish was not confirmed
+    │       ├── PublishRefused      RabbitMQ nacked it
+    │       └── PublishUnknown      no confirm came (timeout, connection lost): outcome unknown
     └── RpcError                    an RPC request was refused (validation, unknown method)
 """
 
@@ -33,6 +35,8 @@ __all__ = [
     "InvalidTopic",
     "ProtocolError",
     "PublishFailed",
+    "PublishRefused",
+    "PublishUnknown",
     "RabbitSocksError",
     "RpcError",
     "UnknownBroker",
@@ -108,7 +112,19 @@ class UnknownBroker(BrokerError):
 
 
 class PublishFailed(BrokerError):
-    """A publish was not confirmed: nacked, returned unroutable, or timed out."""
+    """A publish was not confirmed. This class itself: RabbitMQ refused it before routing
+    (a channel error such as no such exchange), so nobody received it."""
+
+
+class PublishRefused(PublishFailed):
+    """RabbitMQ nacked the publish: it did not take responsibility for the message. Some
+    of its queues (subscribers) may have received it all the same, so a retry may
+    duplicate it."""
+
+
+class PublishUnknown(PublishFailed):
+    """The publish was sent but no confirm came: within the confirm timeout, or before the
+    connection was lost. The message may or may not have been routed."""
 
 
 class RpcError(RabbitSocksError):

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Literal
 
-from rabbitsocks.config import Config
+from rabbitsocks.config import Config, split_amqp_urls
 from rabbitsocks.errors import RabbitSocksError
 
 __all__ = ["add_publish_parser", "publish_command"]
@@ -77,7 +77,7 @@ def _choose(config: Config, via: Via | None, url: str | None) -> tuple[Via, str]
     if via == "goridge" and rpc.goridge is not None:
         return via, _hostport(rpc.goridge.host, rpc.goridge.port)
     if via == "amqp" and amqp is not None:
-        return via, amqp.url
+        return via, " ".join(amqp.url)
     raise RabbitSocksError(
         f"{config.source} has no endpoint for --via {via} (configure"
         f" {'rpc.' + via if via != 'amqp' else 'brokers.amqp'} or pass --url)"
@@ -124,7 +124,10 @@ async def _publish_amqp(
         validate_topic(topic, wildcards=False)
     settings = config.brokers.get("amqp")
     broker = AmqpBroker(
-        "amqp", url, settings.exchange if settings else "amq.topic", reconnect_max=0.5
+        "amqp",
+        split_amqp_urls(url),
+        settings.exchange if settings else "amq.topic",
+        reconnect_max=0.5,
     )
     await broker.start(lambda delivery: None)
     try:

@@ -32,8 +32,9 @@ def make_broker(name: str, config: BrokerConfig) -> Broker:
     if config.type == "memory":
         return MemoryBroker(name)
     # Imported here so that a memory-only process never loads aio-pika.
-    from rabbitsocks.brokers.amqp import AmqpBroker
+    from rabbitsocks.brokers.amqp import AmqpBroker, AmqpTls
 
+    tls = config.tls
     return AmqpBroker(
         name,
         config.url,
@@ -42,6 +43,13 @@ def make_broker(name: str, config: BrokerConfig) -> Broker:
         confirm_timeout=config.confirm_timeout,
         reconnect_min=config.reconnect_min,
         reconnect_max=config.reconnect_max,
+        connect_timeout=config.connect_timeout,
+        heartbeat=config.heartbeat,
+        probe_interval=config.probe_interval,
+        probe_timeout=config.probe_timeout,
+        rebalance=config.rebalance,
+        rebalance_interval=config.rebalance_interval,
+        tls=AmqpTls(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_name),
     )
 
 

@@ -1,21 +1,24 @@
 """The RabbitMQ broker: the ``Broker`` protocol over aio-pika, with its own reconnect loop.
 
 This is the only module of rabbitsocks that imports aio-pika (and aiormq, the protocol layer
-under it); every error they raise is translated here into ``BrokerUnavailable``,
-``PublishFailed`` or ``BrokerError``.
+under it), with ``amqp_probe`` beside it; every error they raise is translated here into
+``BrokerUnavailable``, ``PublishFailed`` (``PublishRefused``, ``PublishUnknown``) or
+``BrokerError``.
 
 Theory of operation
 -------------------
-An ``AmqpBroker`` holds at most one AMQP connection at a time, a *session*, with three
-channels on it:
+An ``AmqpBroker`` has a list of URLs, the nodes of one RabbitMQ cluster, the first one
+preferred. It holds at most one AMQP connection at a time, a *session*, to one of them,
+with three channels on it:
 
 * **consume**: one exclusive, auto-delete, server-named queue (it dies with the connection,
-  so a crashed or ``kill -9``-ed process leaves nothing behind), consumed with ``no_ack``.
-  Deliveries go from aiormq's consumer callback straight to ``on_delivery`` as a
-  ``Delivery`` (routing key, body, pamqp's properties object as is): no ``IncomingMessage``
-  is built. A bridge fans out ephemeral messages, and an unacknowledged message has
-  nowhere to be redelivered once the exclusive queue is gone, so acknowledgements would
-  buy nothing but one more frame per batch.
+  so a crashed or ``kill -9``-ed process leaves nothing behind; it lives on the node we are
+  connected to), consumed with ``no_ack``. Deliveries go from aiormq's consumer callback
+  straight to ``on_delivery`` as a ``Delivery`` (routing key, body, pamqp's properties
+  object as is): no ``IncomingMessage`` is built. A bridge fans out ephemeral messages, and
+  an unacknowledged message has nowhere to be redelivered once the exclusive queue is gone,
+  so acknowledgements would buy nothing but one more frame per batch. Deliveries through
+  the default exchange (``""``) are the probe's (below) and never reach ``on_delivery``.
 * **control**: exchange and queue bindings (``Queue.Bind`` / ``Queue.Unbind``). It is kept
   apart from the consume channel on purpose: a channel error (a bind to an exchange deleted
   behind our back, 404) or an RPC cancelled mid-flight (aiormq then closes the channel)
@@ -27,24 +30,52 @@ channels on it:
 
 A supervisor task owns the session::
 
-    IDLE --start--> CONNECTING --set up--> CONNECTED --connection or consumer lost--> WAITING
-                      ^   |                                                             |
-                      |   +--failed-----------------------------------------------> WAITING
-                      +----------------------------- backoff --------------------------+
+    IDLE --start--> CONNECTING --set up--> CONNECTED --connection or consumer lost,--> WAITING
+                      ^   |                    |       or the probe failed            |
+                      |   +--failed------------|-------(next URL)------------------> WAITING
+                      |                        +--rebalance: a new session on the first URL
+                      |                           is set up, then replaces this one (CONNECTED)
+                      +------------------- jitter or backoff --------------------------+
     any state --close--> CLOSED
 
-Setting up means: connect, declare the exchange unless it is a built-in ``amq.*`` one,
-declare the queue, consume, then replay every pattern of the registry (``_patterns``), the
-source of truth. Only then is the broker ``connected`` and ``on_state(True)`` called. When the
-connection closes, or the consume channel does, or RabbitMQ cancels the consumer, the broker
-is disconnected in that same callback, ``on_state(False)`` is called and the supervisor backs
-off (exponential from ``reconnect_min`` to ``reconnect_max``, with jitter) before the next
-attempt. While disconnected, ``bind`` raises ``BrokerUnavailable`` and ``unbind`` only
-forgets the pattern, so the registry holds exactly what the next session must bind.
+Setting up means: connect to the current URL, declare the exchange unless it is a built-in
+``amq.*`` one, declare the queue, consume, then replay every pattern of the registry
+(``_patterns``), the source of truth. Only then is the broker ``connected`` and
+``on_state(True)`` called. When the connection closes, or the consume channel does, or
+RabbitMQ cancels the consumer, or the probe fails, the broker is disconnected in that same
+callback and ``on_state(False)`` is called.
+
+Failover: after a lost session the supervisor tries the *next* URL first (the node it lost
+is the least likely to answer), after a jitter of up to ``reconnect_min`` so that processes
+that lost one node together do not land on the next one in lockstep. A failed attempt moves
+on to the next URL at once; once every URL has failed in a row, it backs off (exponential
+from ``reconnect_min`` to ``reconnect_max``, with jitter) before the next round. With one
+URL that is the plain reconnect loop. While disconnected, ``bind`` raises
+``BrokerUnavailable`` and ``unbind`` only forgets the pattern, so the registry holds exactly
+what the next session must bind.
+
+The probe (``amqp_probe``): a connection that looks healthy is not proof of delivery (a
+frozen node keeps TCP open for minutes; a node partitioned from the others accepts our
+queue and bindings, and no publisher on another node reaches it). Every ``probe_interval``
+seconds the session publishes a message to its own queue through the default exchange and
+expects it back within ``probe_timeout``; with several URLs it also publishes one through a
+connection to another node, so the probe crosses the cluster as a publisher's message does.
+A failed probe makes ``unready`` say why (``/ready`` answers 503) and the broker leaves the
+node for the next URL. Probes need no binding and are addressed to our queue only, so no
+client's pattern (not even ``#``) can ever receive one.
+
+Rebalancing (``rebalance``): while on a URL other than the first, every
+``rebalance_interval`` seconds the supervisor sets up a complete session on the first URL
+(queue, consumer, every binding, a passing probe) *before* it switches binds, unbinds and
+publishes to it and closes the old one. Nothing is lost; a message routed while both
+queues are bound arrives twice (the window is the replay time, milliseconds).
 
 Binds and unbinds (and the replay) are serialised by one lock: RPCs on one channel are
 serialised by aiormq anyway, and the lock makes "the registry matches RabbitMQ" hold for
 a bind and an unbind of the same pattern that race each other.
+
+Our connections decode AMQP short strings leniently (``rabbitsocks.compat``): they are
+opened inside ``lenient_shortstr()``, and only their reader tasks see that.
 """
 
 from __future__ import annotations
@@ -55,8 +86,9 @@ import enum
 import logging
 import os
 import random
+import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,40 +96,29 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.abc
-import pamqp.decode
+from yarl import URL
 
+from rabbitsocks.brokers.amqp_probe import Probe
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
-from rabbitsocks.errors import BrokerError, BrokerUnavailable, PublishFailed
+from rabbitsocks.compat import lenient_shortstr
+from rabbitsocks.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    PublishFailed,
+    PublishRefused,
+    PublishUnknown,
+)
 from rabbitsocks.logs import mask_url
 from rabbitsocks.messages import Delivery
+from rabbitsocks.stats import ProbeStats
 
-__all__ = ["AmqpBroker", "backoff_delay"]
+__all__ = ["AmqpBroker", "AmqpTls", "backoff_delay"]
 
 log = logging.getLogger(__name__)
-
 
 # What aio-pika and aiormq raise when the connection is gone or going: aiormq's connection
 # errors, the OS's, a channel closed under our feet (aiormq's ChannelInvalidStateError is a
 # RuntimeError, as is aio-pika's "Connection was not opened").
-def _shortstr_of_any_octets(value: bytes) -> tuple[int, str]:
-    """pamqp's shortstr decoder, without its strict UTF-8.
-
-    An AMQP 0-9-1 shortstr is octets (section 4.2.5.3), and RabbitMQ routes a message whose
-    routing key is not UTF-8 like any other. pamqp decodes it strictly, so one such message
-    from any producer raised inside aiormq's frame reader and closed our whole connection
-    (queue, bindings, messages in flight). Undecodable bytes become lone surrogates instead
-    ("surrogateescape"); the hub cannot push such a key in JSON and drops that message alone.
-    """
-    try:
-        length = value[0]
-    except IndexError:
-        raise ValueError("Could not unpack short string value") from None
-    return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
-
-
-# pamqp looks decoders up in this table for every frame it reads.
-pamqp.decode.METHODS["shortstr"] = _shortstr_of_any_octets
-
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -105,7 +126,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     RuntimeError,
 )
-
 
 # ...and what opening a connection may raise besides.
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -121,6 +141,51 @@ class _State(enum.Enum):
     CONNECTED = "connected"
     WAITING = "waiting"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpTls:
+    """TLS settings for ``amqps://`` URLs (PEM files)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+    server_name: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """An SSL context for these settings (reads the files)."""
+        context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.server_name = self.server_name
+        if self.verify:
+            if self.ca_file:
+                context.load_verify_locations(cafile=self.ca_file)
+            else:
+                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+class _NamedContext(ssl.SSLContext):
+    """An SSL context that checks (and sends as SNI) ``server_name`` instead of the host
+    the connection was opened to, when set: aiormq opens the socket with the URL's host."""
+
+    server_name: str | None = None
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        name = self.server_name or server_hostname
+        return super().wrap_bio(incoming, outgoing, server_side, name, session)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rand: float | None = None) -> float:
@@ -180,6 +245,10 @@ class _Session:
     control: _Channel
     publish: _Channel
     queue: str
+    #: Index of the URL this session is connected to.
+    node: int
+    #: Probe messages awaited back, by body (see ``amqp_probe``).
+    probe_waiters: dict[bytes, asyncio.Future[None]]
     #: Set when the connection or the consumer is lost: the supervisor waits on it.
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     publish_reopen: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -194,13 +263,20 @@ class _Session:
 class AmqpBroker:
     """A ``Broker`` on RabbitMQ: one exclusive queue per process, bound once per pattern.
 
-    ``url`` is an AMQP URL (``amqp://user:password@host:port/vhost``; query parameters such as
-    ``heartbeat`` are passed to aiormq). ``exchange`` is a topic exchange; unless it is a
-    built-in ``amq.*`` exchange, or ``declare_exchange`` is false, it is declared (durable)
-    at each connect. ``confirm_timeout`` bounds how long a confirmed publish waits for
-    RabbitMQ; ``connect_timeout`` bounds a connection attempt and each control request
-    (declare, bind, unbind). After a connection loss the broker reconnects by itself,
-    waiting between ``reconnect_min`` and ``reconnect_max`` seconds between attempts.
+    ``url`` is an AMQP URL (``amqp://user:password@host:port/vhost``) or a sequence of them,
+    the nodes of one cluster, tried in turn (the first is preferred); query parameters are
+    passed to aiormq. ``exchange`` is a topic exchange; unless it is a built-in ``amq.*``
+    exchange, or ``declare_exchange`` is false, it is declared (durable) at each connect.
+    ``confirm_timeout`` bounds how long a confirmed publish waits for RabbitMQ;
+    ``connect_timeout`` bounds a connection attempt and each control request (declare,
+    bind, unbind). After a connection loss the broker reconnects by itself (the next URL
+    first), waiting between ``reconnect_min`` and ``reconnect_max`` seconds between rounds
+    of attempts.
+
+    ``heartbeat`` is the AMQP heartbeat in seconds (0: off; a ``heartbeat`` query parameter
+    in a URL wins). ``probe_interval`` (0: off) and ``probe_timeout`` drive the end-to-end
+    probe; ``rebalance`` returns to the first URL, tried every ``rebalance_interval`` s.
+    ``tls`` applies to ``amqps://`` URLs.
 
     ``prefetch`` is the ``basic.qos`` prefetch count. It only limits *unacknowledged*
     deliveries, and this broker consumes with ``no_ack``, so it is sent for the record (it
@@ -221,7 +297,7 @@ class AmqpBroker:
     def __init__(
         self,
         name: str = "amqp",
-        url: str = "amqp://guest:guest@127.0.0.1:5672/",
+        url: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/",
         exchange: str = "amq.topic",
         *,
         prefetch: int = 1000,
@@ -230,14 +306,27 @@ class AmqpBroker:
         reconnect_max: float = 10.0,
         connect_timeout: float = 5.0,
         declare_exchange: bool = True,
+        heartbeat: int = 10,
+        probe_interval: float = 0.0,
+        probe_timeout: float = 3.0,
+        rebalance: bool = False,
+        rebalance_interval: float = 30.0,
+        tls: AmqpTls | None = None,
     ) -> None:
         if reconnect_min <= 0 or reconnect_max < reconnect_min:
             raise ValueError("expected 0 < reconnect_min <= reconnect_max")
+        urls = (url,) if isinstance(url, str) else tuple(url)
+        if not urls:
+            raise ValueError("expected at least one URL")
         self.name = name
         #: Publishes with ``confirm=False`` that failed after ``publish`` returned.
         self.publish_failures = 0
-        self._url = url
-        self._safe_url = mask_url(url)
+        #: Sessions opened on a node other than the one the previous session was on.
+        self.failovers = 0
+        #: Probe rounds and latencies, for metrics.
+        self.probes = ProbeStats()
+        self._urls = urls
+        self._safe_urls = tuple(mask_url(u) for u in urls)
         self._exchange = exchange
         self._prefetch = prefetch
         self._confirm_timeout = confirm_timeout
@@ -245,9 +334,20 @@ class AmqpBroker:
         self._reconnect_max = reconnect_max
         self._connect_timeout = connect_timeout
         self._declare_exchange = declare_exchange
+        self._heartbeat = heartbeat
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._rebalance = rebalance and len(urls) > 1
+        self._rebalance_interval = rebalance_interval
+        self._tls = tls
+        self._ssl_context: ssl.SSLContext | None = None
 
         self._state = _State.IDLE
         self._session: _Session | None = None
+        self._next_node = 0
+        self._last_node: int | None = None
+        #: Why the broker is not ready while it is connected (a probe failed), or ``None``.
+        self._unready: str | None = None
         self._patterns: set[str] = set()
         self._control_lock = asyncio.Lock()
         self._on_delivery: DeliveryHandler | None = None
@@ -277,9 +377,29 @@ class AmqpBroker:
         return frozenset(self._patterns)
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """The URLs, with their passwords masked, for messages."""
+        return self._safe_urls
+
+    @property
     def safe_url(self) -> str:
-        """The URL with its password masked, for messages."""
-        return self._safe_url
+        """The URL of the current node (else the first one), password masked."""
+        session = self._session
+        return self._safe_urls[session.node if session is not None else self._next_node]
+
+    @property
+    def node(self) -> int | None:
+        """Index in ``urls`` of the node the broker is connected to."""
+        session = self._session
+        return session.node if session is not None and self.connected else None
+
+    @property
+    def unready(self) -> str | None:
+        """Why this broker should not be taken as delivering now, or ``None``: not connected,
+        or the last probe failed, or no probe has passed on this connection yet."""
+        if self._state is not _State.CONNECTED:
+            return "not connected"
+        return self._unready
 
     @property
     def exchange(self) -> str:
@@ -287,13 +407,13 @@ class AmqpBroker:
         return self._exchange
 
     def sibling(self, name: str, exchange: str) -> AmqpBroker:
-        """A broker like this one (same RabbitMQ, same settings) on another exchange, which
-        it does not declare: it must exist, with whatever type it has. STOMP's
+        """A broker like this one (same RabbitMQ nodes, same settings) on another exchange,
+        which it does not declare: it must exist, with whatever type it has. STOMP's
         ``/exchange/<name>/<key>`` destinations fan out through one such broker's hub per
         exchange."""
         return AmqpBroker(
             name,
-            self._url,
+            self._urls,
             exchange,
             prefetch=self._prefetch,
             confirm_timeout=self._confirm_timeout,
@@ -301,25 +421,40 @@ class AmqpBroker:
             reconnect_max=self._reconnect_max,
             connect_timeout=self._connect_timeout,
             declare_exchange=False,
+            heartbeat=self._heartbeat,
+            probe_interval=self._probe_interval,
+            probe_timeout=self._probe_timeout,
+            rebalance=self._rebalance,
+            rebalance_interval=self._rebalance_interval,
+            tls=self._tls,
         )
 
     async def connect_more(self, purpose: str) -> aio_pika.abc.AbstractConnection:
         """Another AMQP connection to this broker's RabbitMQ, with its settings, for an
         adapter that needs channels of its own (``amqp_channels``: STOMP queue consumers
-        and publishes). The caller closes it. Raises ``BrokerUnavailable``."""
+        and publishes): to the node the broker is on (else the next one it will try), with
+        the same heartbeat and TLS, decoding leniently as ours do. The caller closes it.
+        Raises ``BrokerUnavailable``."""
+        session = self._session
+        url = self._connect_url(session.node if session is not None else self._next_node)
+        if self._tls is not None and url.startswith("amqps:") and self._ssl_context is None:
+            self._ssl_context = await asyncio.to_thread(self._tls.context)
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                return await aio_pika.connect(
-                    self._url,
-                    client_properties={
-                        "connection_name": f"rabbitsocks {self.name} {purpose} pid {os.getpid()}"
-                    },
-                )
+            with lenient_shortstr():
+                async with asyncio.timeout(self._connect_timeout):
+                    return await aio_pika.connect(
+                        url,
+                        ssl_context=self._ssl_context if url.startswith("amqps:") else None,
+                        client_properties={
+                            "connection_name": f"rabbitsocks {self.name} {purpose} pid "
+                            f"{os.getpid()}"
+                        },
+                    )
         except _CONNECT_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     def __repr__(self) -> str:
-        return f"<AmqpBroker {self.name!r} {self._safe_url} {self._state.value}>"
+        return f"<AmqpBroker {self.name!r} {self.safe_url} {self._state.value}>"
 
     # -- the Broker protocol ---------------------------------------------------------------
 
@@ -328,6 +463,8 @@ class AmqpBroker:
     ) -> None:
         if self._state is not _State.IDLE:
             raise RuntimeError(f"broker {self.name!r} was already started")
+        if self._tls is not None and any(u.startswith("amqps:") for u in self._urls):
+            self._ssl_context = await asyncio.to_thread(self._tls.context)
         self._on_delivery = on_delivery
         self._on_state = on_state
         self._state = _State.CONNECTING
@@ -421,31 +558,136 @@ class AmqpBroker:
     # -- the supervisor --------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        attempt = 0
-        while True:
-            self._state = _State.CONNECTING
-            try:
-                session = await self._open_session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._attempt_failed(exc)
-            else:
+        count = len(self._urls)
+        attempt = 0  # backoff rounds since the last session
+        failures = 0  # failed attempts in a row
+        with lenient_shortstr():  # our connections, and only they, decode leniently
+            while True:
+                node = self._next_node
+                self._state = _State.CONNECTING
+                try:
+                    session = await self._open_session(node)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._attempt_failed(node, exc)
+                    failures += 1
+                    self._next_node = (node + 1) % count
+                    if failures % count:
+                        continue  # the next URL at once
+                    self._state = _State.WAITING
+                    delay = backoff_delay(attempt, self._reconnect_min, self._reconnect_max)
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                    continue
                 if self._state is _State.CLOSED:  # close() raced the last step of the set-up
                     await self._discard(session)
                     return
-                attempt = 0
+                failures = 0
                 self._session_up(session)
-                await session.lost.wait()
+                session = await self._serve(session)
                 await self._discard(session)
-            self._state = _State.WAITING
-            await asyncio.sleep(backoff_delay(attempt, self._reconnect_min, self._reconnect_max))
-            attempt += 1
+                self._state = _State.WAITING
+                if count == 1:
+                    await asyncio.sleep(backoff_delay(0, self._reconnect_min, self._reconnect_max))
+                    attempt = 1
+                else:
+                    # The next node first; jitter spreads the processes that lost this one.
+                    self._next_node = (session.node + 1) % count
+                    await asyncio.sleep(random.uniform(0, self._reconnect_min))
+                    attempt = 0
 
-    async def _open_session(self) -> _Session:
+    async def _serve(self, session: _Session) -> _Session:
+        """Run the probe (and rebalancing) for the session; return the session that was
+        lost (a rebalanced one replaces ``session``)."""
+        while True:
+            probe = None
+            if self._probe_interval > 0:
+                probe = Probe(
+                    self,
+                    session,
+                    interval=self._probe_interval,
+                    timeout=self._probe_timeout,
+                    on_failure=self._probe_failed,
+                    on_success=self._probe_passed,
+                )
+                probe.start()
+            try:
+                if not self._rebalance or session.node == 0:
+                    await session.lost.wait()
+                    return session
+                replacement = await self._wait_or_rebalance(session)
+            finally:
+                if probe is not None:
+                    await probe.stop()
+            if replacement is None:
+                return session
+            await self._switch(session, replacement)
+            session = replacement
+
+    async def _wait_or_rebalance(self, session: _Session) -> _Session | None:
+        """Until ``session`` is lost (``None``), or a session on the first URL is set up."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._rebalance_interval):
+                    await session.lost.wait()
+            if session.lost.is_set():
+                return None
+            try:
+                candidate = await self._open_session(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("broker %r: first URL not back yet: %s", self.name, _reason(exc))
+                continue
+            if self._probe_interval > 0:
+                problem = await Probe(
+                    self, candidate, interval=0, timeout=self._probe_timeout
+                ).once()
+                if problem is not None:
+                    log.info(
+                        "broker %r: not returning to %s: %s",
+                        self.name,
+                        self._safe_urls[0],
+                        problem,
+                    )
+                    await self._discard(candidate)
+                    continue
+            return candidate
+
+    async def _switch(self, old: _Session, new: _Session) -> None:
+        """Make ``new`` (set up and bound) the session, then close ``old``."""
+        async with self._control_lock:
+            # Patterns bound meanwhile went to ``old`` only: bind them on ``new`` too.
+            await self._replay(new)
+            if old.lost.is_set() or not new.alive:
+                await self._discard(new)
+                return
+            self._session = new
+        log.info(
+            "broker %r: back on %s (from %s), queue %s, %d pattern(s) bound",
+            self.name,
+            self._safe_urls[new.node],
+            self._safe_urls[old.node],
+            new.queue,
+            len(self._patterns),
+        )
+        self._last_node = new.node
+        self._watch(new)
+        await self._discard(old)
+
+    def _connect_url(self, node: int) -> str:
+        url = URL(self._urls[node])
+        if "heartbeat" not in url.query:
+            url = url.update_query(heartbeat=str(self._heartbeat))
+        return str(url)
+
+    async def _open_session(self, node: int) -> _Session:
+        url = self._connect_url(node)
         async with asyncio.timeout(self._connect_timeout):
             connection = await aio_pika.connect(
-                self._url,
+                url,
+                ssl_context=self._ssl_context if url.startswith("amqps:") else None,
                 client_properties={"connection_name": f"rabbitsocks {self.name} pid {os.getpid()}"},
             )
         try:
@@ -460,15 +702,11 @@ class AmqpBroker:
                 queue = declared.queue
                 if queue is None:  # pragma: no cover - RabbitMQ always names the queue
                     raise BrokerError("RabbitMQ did not name the queue")
+                waiters: dict[bytes, asyncio.Future[None]] = {}
                 await consume.raw.basic_qos(prefetch_count=self._prefetch)
-                await consume.raw.basic_consume(queue, self._consumer(), no_ack=True)
+                await consume.raw.basic_consume(queue, self._consumer(waiters), no_ack=True)
                 publish = await _Channel.open(connection, confirms=True)
-            session = _Session(connection, consume, control, publish, queue)
-            connection.close_callbacks.add(lambda _, exc: self._lose(session, exc))
-            consume.channel.close_callbacks.add(lambda _, exc: self._lose(session, exc))
-            consume.raw.on_consumer_cancel_callbacks.add(
-                lambda _: self._lose(session, BrokerError("RabbitMQ cancelled the consumer"))
-            )
+            session = _Session(connection, consume, control, publish, queue, node, waiters)
             async with self._control_lock:
                 await self._replay(session)
             if not session.alive or consume.is_closed:
@@ -478,6 +716,16 @@ class AmqpBroker:
                 await connection.close()
             raise
         return session
+
+    def _watch(self, session: _Session) -> None:
+        """Lose ``session`` when its connection, consume channel or consumer goes."""
+        session.connection.close_callbacks.add(lambda _, exc: self._lose(session, exc))
+        session.consume.channel.close_callbacks.add(lambda _, exc: self._lose(session, exc))
+        session.consume.raw.on_consumer_cancel_callbacks.add(
+            lambda _: self._lose(session, BrokerError("RabbitMQ cancelled the consumer"))
+        )
+        if not session.alive or session.consume.is_closed:
+            self._lose(session, None)
 
     async def _replay(self, session: _Session) -> None:
         """Bind every pattern of the registry to the new queue.
@@ -500,23 +748,28 @@ class AmqpBroker:
             async with asyncio.timeout(self._connect_timeout):
                 await channel.queue_declare(session.queue, passive=True)
 
-    def _consumer(self) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
+    def _consumer(
+        self, probe_waiters: dict[bytes, asyncio.Future[None]]
+    ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
         on_delivery = self._on_delivery
         assert on_delivery is not None
         broker = self.name
 
         # The hot path. aiormq runs this once per Basic.Deliver, in a task of its own.
         async def deliver(message: aiormq.abc.DeliveredMessage) -> None:
-            method = message.delivery
-            routing_key: str = method.routing_key  # type: ignore[union-attr, assignment]
+            method: Any = message.delivery
+            exchange: str = method.exchange
+            if not exchange:
+                # The default exchange: only a probe (ours, or anyone's who knows our
+                # queue's name) comes this way; never a client's message.
+                waiter = probe_waiters.pop(message.body, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                return
+            routing_key: str = method.routing_key
             try:
                 on_delivery(
-                    Delivery(
-                        routing_key,
-                        message.body,
-                        message.header.properties,
-                        method.exchange,  # type: ignore[union-attr]
-                    )
+                    Delivery(routing_key, message.body, message.header.properties, exchange)
                 )
             except Exception:
                 log.exception("broker %r: on_delivery failed for %r", broker, routing_key)
@@ -526,55 +779,89 @@ class AmqpBroker:
     def _session_up(self, session: _Session) -> None:
         self._session = session
         self._state = _State.CONNECTED
+        self._unready = "no probe has passed on this connection yet" if self._probing else None
+        if self._last_node is not None and self._last_node != session.node:
+            self.failovers += 1
+        self._last_node = session.node
+        self._watch(session)
+        url = self._safe_urls[session.node]
         if self._outage_since is not None:
             log.info(
                 "broker %r: connected to %s again after %.1fs, queue %s, %d pattern(s) rebound",
                 self.name,
-                self._safe_url,
+                url,
                 time.monotonic() - self._outage_since,
                 session.queue,
                 len(self._patterns),
             )
             self._outage_since = None
         else:
-            log.info(
-                "broker %r: connected to %s, queue %s", self.name, self._safe_url, session.queue
-            )
+            log.info("broker %r: connected to %s, queue %s", self.name, url, session.queue)
         if self._first_attempt is not None and not self._first_attempt.done():
             self._first_attempt.set_result(None)
         self._notify(True)
 
-    def _attempt_failed(self, exc: Exception) -> None:
+    @property
+    def _probing(self) -> bool:
+        return self._probe_interval > 0
+
+    def _probe_passed(self, session: _Session) -> None:
+        if session is self._session:
+            self._unready = None
+
+    def _probe_failed(self, session: _Session, problem: str) -> None:
+        """The probe says ``session``'s node does not deliver: leave it."""
+        if session is not self._session or self._state is not _State.CONNECTED:
+            return
+        self._unready = problem
+        log.warning(
+            "broker %r: %s on %s; leaving that node",
+            self.name,
+            problem,
+            self._safe_urls[session.node],
+        )
+        self._lose(session, BrokerError(problem), quiet=True)
+        # The connection may look healthy (a frozen node): close it without waiting for it.
+        self._spawn(self._discard(session))
+
+    def _attempt_failed(self, node: int, exc: Exception) -> None:
+        url = self._safe_urls[node]
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             expected = isinstance(exc, (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError))
+            others = " (then the other URLs)" if len(self._urls) > 1 else ""
             log.warning(
-                "broker %r: cannot connect to %s (%s); retrying in the background. Is RabbitMQ"
-                " running there? Start it, or point RABBITSOCKS_AMQP_URL at one.",
+                "broker %r: cannot connect to %s%s (%s); retrying in the background. Is"
+                " RabbitMQ running there? Start it, or point RABBITSOCKS_AMQP_URL at one.",
                 self.name,
-                self._safe_url,
+                url,
+                others,
                 _reason(exc),
                 exc_info=None if expected else exc,
             )
         else:
-            log.debug("broker %r: reconnect failed: %s", self.name, _reason(exc))
+            log.debug("broker %r: connecting to %s failed: %s", self.name, url, _reason(exc))
         if self._first_attempt is not None and not self._first_attempt.done():
             self._first_attempt.set_result(None)
 
-    def _lose(self, session: _Session, exc: BaseException | None) -> None:
+    def _lose(self, session: _Session, exc: BaseException | None, *, quiet: bool = False) -> None:
         """The connection or the consumer of ``session`` is gone: disconnected, at once."""
         session.lost.set()
+        for waiter in session.probe_waiters.values():
+            if not waiter.done():
+                waiter.cancel()
         if session is not self._session or self._state is not _State.CONNECTED:
             return  # a session still being set up, or one we are closing ourselves
         self._session = None
         self._state = _State.WAITING
         self._outage_since = time.monotonic()
-        log.warning(
-            "broker %r: lost the connection to %s (%s); reconnecting",
-            self.name,
-            self._safe_url,
-            _reason(exc),
-        )
+        if not quiet:
+            log.warning(
+                "broker %r: lost the connection to %s (%s); reconnecting",
+                self.name,
+                self._safe_urls[session.node],
+                _reason(exc),
+            )
         self._notify(False)
 
     async def _discard(self, session: _Session) -> None:
@@ -590,6 +877,21 @@ class AmqpBroker:
         except Exception:
             log.exception("broker %r: on_state(%r) failed", self.name, connected)
 
+    # -- what the probe uses ---------------------------------------------------------------
+
+    def other_urls(self, session: _Session) -> list[tuple[str, str]]:
+        """(URL to connect to, masked URL) of every node but ``session``'s, next one first."""
+        count = len(self._urls)
+        order = [(session.node + step) % count for step in range(1, count)]
+        return [(self._connect_url(i), self._safe_urls[i]) for i in order]
+
+    def ssl_context_for(self, url: str) -> ssl.SSLContext | None:
+        return self._ssl_context if url.startswith("amqps:") else None
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
+
     # -- control ---------------------------------------------------------------------------
 
     def _require_session(self) -> _Session:
@@ -602,8 +904,9 @@ class AmqpBroker:
         state = "closed" if self._state is _State.CLOSED else "not connected"
         if self._state is _State.IDLE:
             state = "not started"
+        where = self._safe_urls[0] if len(self._urls) == 1 else " or ".join(self._safe_urls)
         detail = f" ({_reason(exc)})" if exc is not None else ""
-        return BrokerUnavailable(f"broker {self.name!r} is {state} to {self._safe_url}{detail}")
+        return BrokerUnavailable(f"broker {self.name!r} is {state} to {where}{detail}")
 
     async def _control(self, session: _Session) -> aiormq.abc.AbstractChannel:
         """The control channel, reopened if RabbitMQ (or a cancelled RPC) closed it."""
@@ -645,7 +948,8 @@ class AmqpBroker:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def _publish_channel(self, session: _Session) -> aiormq.abc.AbstractChannel:
+    async def publish_channel(self, session: _Session) -> aiormq.abc.AbstractChannel:
+        """``session``'s publish channel (confirm mode), reopened if it was closed."""
         if not session.publish.is_closed:
             return session.publish.raw
         async with session.publish_reopen:
@@ -657,7 +961,7 @@ class AmqpBroker:
         return session.publish.raw
 
     async def _publish(self, session: _Session, topic: str, body: bytes) -> None:
-        channel = await self._publish_channel(session)
+        channel = await self.publish_channel(session)
         try:
             await channel.basic_publish(
                 body,
@@ -666,13 +970,14 @@ class AmqpBroker:
                 timeout=self._confirm_timeout,
             )
         except aiormq.exceptions.DeliveryError as exc:
-            raise PublishFailed(
-                f"broker {self.name!r}: RabbitMQ refused the message to {topic!r} (nack)"
+            raise PublishRefused(
+                f"broker {self.name!r}: RabbitMQ nacked the message to {topic!r}: it did not"
+                " take responsibility for it (some subscribers may have received it)"
             ) from exc
         except TimeoutError as exc:
-            raise PublishFailed(
+            raise PublishUnknown(
                 f"broker {self.name!r}: the message to {topic!r} was not confirmed "
-                f"within {self._confirm_timeout:g}s"
+                f"within {self._confirm_timeout:g}s (outcome unknown)"
             ) from exc
         except aiormq.exceptions.AMQPChannelError as exc:
             raise self._channel_refused(topic, exc) from exc
@@ -680,9 +985,15 @@ class AmqpBroker:
             if self._session is session and session.alive:
                 # The channel closed under this publish: RabbitMQ refused a concurrent one.
                 raise self._channel_refused(topic, session.publish.closed_by or exc) from exc
-            raise self._unavailable(exc) from exc
+            raise self._lost_in_flight(topic, exc) from exc
         except _CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self._lost_in_flight(topic, exc) from exc
+
+    def _lost_in_flight(self, topic: str, exc: BaseException) -> PublishUnknown:
+        return PublishUnknown(
+            f"broker {self.name!r}: the connection was lost before RabbitMQ confirmed the "
+            f"message to {topic!r} (outcome unknown: {_reason(exc)})"
+        )
 
     def _channel_refused(self, topic: str, exc: BaseException) -> PublishFailed:
         return PublishFailed(

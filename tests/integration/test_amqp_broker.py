@@ -29,6 +29,7 @@ from tests.support.relay import TcpRelay
 
 if TYPE_CHECKING:
     from tests.integration.conftest import RabbitAdmin
+    from tests.support.rabbitmq import PrivateNode
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -334,21 +335,15 @@ async def test_publish_to_a_deleted_exchange_fails_and_the_broker_carries_on(
             await broker.bind(f"{prefix}.b")
         assert broker.connected
         assert recorder.states == [True]
-        # The consumer lives on: the default exchange routes by queue name.
+        # The consumer lives on, on the same queue.
         queue = broker.queue_name
         assert queue is not None
-        await pika_publish(amqp_url, [(queue, b"direct")], exchange="")
-        await recorder.until_delivered(queue)
-
         await rabbitmq_admin.declare_exchange(exchange)
         await broker.bind(f"{prefix}.c")
         await broker.publish(f"{prefix}.c", b"after")
         await recorder.until_delivered(f"{prefix}.c")
-        assert recorder.deliveries == [
-            (f"{prefix}.a", b"before"),
-            (queue, b"direct"),
-            (f"{prefix}.c", b"after"),
-        ]
+        assert broker.queue_name == queue
+        assert recorder.deliveries == [(f"{prefix}.a", b"before"), (f"{prefix}.c", b"after")]
 
         await rabbitmq_admin.delete_exchange(exchange)
         await broker.publish(f"{prefix}.c", b"lost", confirm=False)
@@ -490,23 +485,53 @@ async def _wait_for_amqp(url: str) -> None:
 
 @pytest.mark.slow
 async def test_rabbitmq_stop_and_start_app_recovers(
-    make_broker: BrokerFactory, amqp_url: str, rabbitmq_admin: RabbitAdmin, prefix: str
+    make_broker: BrokerFactory, private_node: PrivateNode, prefix: str
 ) -> None:
+    # On a private node: stop_app must never bounce the shared broker on 5672.
     recorder = Recorder(wait=30)
-    broker = await started(make_broker(reconnect_min=0.2, reconnect_max=1.0), recorder)
+    url = private_node.url
+    broker = await started(make_broker(url=url, reconnect_min=0.2, reconnect_max=1.0), recorder)
     await broker.bind(f"{prefix}.#")
     try:
-        await rabbitmq_admin.rabbitmqctl("stop_app")
+        await asyncio.to_thread(private_node.stop_app)
         await recorder.until_states(True, False)
         with pytest.raises(BrokerUnavailable):
             await broker.bind(f"{prefix}.other")
     finally:
-        await rabbitmq_admin.rabbitmqctl("start_app")
-        await _wait_for_amqp(amqp_url)
+        await asyncio.to_thread(private_node.start_app)
+        await _wait_for_amqp(url)
     await recorder.until_states(True, False, True)
     queue = broker.queue_name
     assert queue is not None
-    assert await rabbitmq_admin.bindings(queue) == [f"{prefix}.#"]
-    await pika_publish(amqp_url, [(f"{prefix}.back", b"again")])
+    assert await asyncio.to_thread(private_node.bindings, queue) == [f"{prefix}.#"]
+    await pika_publish(url, [(f"{prefix}.back", b"again")])
     await recorder.until_delivered(f"{prefix}.back")
     assert recorder.deliveries == [(f"{prefix}.back", b"again")]
+
+
+async def test_the_host_applications_connections_stay_strict(
+    make_broker: BrokerFactory, amqp_url: str, prefix: str
+) -> None:
+    # Issue 12.4: our lenient shortstr decoding must not reach an aio-pika connection of
+    # the application that embeds rabbitsocks. Theirs keeps pamqp's strict UTF-8 (and so,
+    # as pamqp always did, loses its connection on such a key); ours survives it.
+    recorder = Recorder()
+    broker = await started(make_broker(), recorder)
+    await broker.bind(f"{prefix}.*")
+    host = await aio_pika.connect(amqp_url)
+    try:
+        channel = await host.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind("amq.topic", f"{prefix}.*")
+        await queue.consume(lambda message: asyncio.sleep(0), no_ack=True)
+        host_closed = asyncio.Event()
+        host.close_callbacks.add(lambda *_: host_closed.set())
+        await pika_publish(
+            amqp_url, [(f"{prefix}.".encode() + b"\xff", b"odd"), (f"{prefix}.ok", b"after")]
+        )
+        await recorder.until_delivered(f"{prefix}.ok")
+        assert recorder.deliveries == [(f"{prefix}.\udcff", b"odd"), (f"{prefix}.ok", b"after")]
+        assert recorder.states == [True]
+        await asyncio.wait_for(host_closed.wait(), WAIT)
+    finally:
+        await host.close()

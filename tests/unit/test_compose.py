@@ -220,7 +220,8 @@ def test_every_variable_set_is_one_rabbitsocks_reads(compose: dict[str, Any]) ->
 def test_the_broker_is_the_rabbitmq_service(compose: dict[str, Any]) -> None:
     config = container_config(compose)
     assert config.effective_default_broker == "amqp"
-    url = urlsplit(config.brokers["amqp"].url)
+    (url_text,) = config.brokers["amqp"].url
+    url = urlsplit(url_text)
     assert url.hostname == "rabbitmq"  # the service name resolves on the compose network
     assert (url.port or 5672) in {p.container_port for p in published(service(compose, "rabbitmq"))}
 

@@ -225,7 +225,7 @@ def test_amqp_url_from_the_environment_adds_the_default_broker() -> None:
         {"listeners": [{"interface": 1}]},
         environ={"RABBITSOCKS_AMQP_URL": "amqp://u:p@rabbit:5672/"},
     )
-    assert config.brokers["amqp"].url == "amqp://u:p@rabbit:5672/"
+    assert config.brokers["amqp"].url == ("amqp://u:p@rabbit:5672/",)
     assert config.brokers["amqp"].exchange == "amq.topic"
     assert config.effective_default_broker == "amqp"
     assert "memory" in config.broker_names
@@ -247,7 +247,7 @@ def test_environment_overrides_the_file() -> None:
             "RABBITSOCKS_DEFAULT_BROKER": "memory",
         },
     )
-    assert (config.brokers["amqp"].url, config.brokers["amqp"].exchange) == ("amqp://b/", "y")
+    assert (config.brokers["amqp"].url, config.brokers["amqp"].exchange) == (("amqp://b/",), "y")
     assert (config.log.level, config.log.format) == ("debug", "json")
     assert config.listeners[0].interface == Interface("0.0.0.0", 9000)
     assert config.effective_default_broker == "memory"
@@ -258,7 +258,8 @@ def test_environment_overrides_the_file() -> None:
     [
         (
             {"RABBITSOCKS_AMQP_URL": "redis://x"},
-            "environment: RABBITSOCKS_AMQP_URL: expected an amqp:// URL, got 'redis://x'",
+            "environment: RABBITSOCKS_AMQP_URL: expected an amqp:// or amqps:// URL,"
+            " got 'redis://x' (str)",
         ),
         (
             {"RABBITSOCKS_LOG_LEVEL": "loud"},
@@ -316,3 +317,114 @@ def test_broker_settings_reach_the_amqp_broker() -> None:
     broker = Services.from_config(config).brokers["amqp"]
     assert (broker._reconnect_min, broker._reconnect_max) == (0.1, 2.0)  # type: ignore[attr-defined]
     assert broker._exchange == "x"  # type: ignore[attr-defined]
+
+
+# --- several URLs, heartbeat, probe, TLS (issue 14) -------------------------------------------
+
+
+def amqp_error(broker: dict[str, object], environ: dict[str, str] | None = None) -> str:
+    return error_of({"listeners": [{"interface": 1}], "brokers": {"amqp": broker}}, environ)
+
+
+def test_a_comma_separated_url_in_yaml_is_refused_with_the_key() -> None:
+    # Regression: this passed `check`, then every reconnect failed with "port can't be
+    # converted to integer".
+    message = amqp_error({"url": "amqp://u:secret@a:5672/,amqp://u:secret@b:5672/"})
+    assert message.startswith("x.yaml: brokers.amqp.url: expected one URL, got several")
+    assert "write them as a YAML list" in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("amqp://a:notaport/", "brokers.amqp.url: expected an amqp:// or amqps:// URL, got"),
+        ("amqp:///vhost", "brokers.amqp.url: expected an amqp:// or amqps:// URL with a host"),
+        (["amqp://a/", "amqp://b:99999/"], "brokers.amqp.url: [1]: expected"),
+        ([], "brokers.amqp.url: expected an amqp:// or amqps:// URL or a list of them"),
+        ([1], "brokers.amqp.url: [0]: expected an amqp:// or amqps:// URL, got 1 (int)"),
+    ],
+)
+def test_urls_serve_cannot_use_are_refused(url: object, expected: str) -> None:
+    assert amqp_error({"url": url}).startswith(f"x.yaml: {expected}")
+
+
+def test_a_list_of_urls_is_tried_in_turn() -> None:
+    from rabbitsocks.brokers.amqp import AmqpBroker
+    from rabbitsocks.services import make_broker
+
+    config = parse_config(
+        {
+            "listeners": [{"interface": 1}],
+            "brokers": {"amqp": {"url": ["amqp://u:p@a:5672/", "amqps://u:p@b/"]}},
+        },
+        environ={},
+    )
+    assert config.brokers["amqp"].url == ("amqp://u:p@a:5672/", "amqps://u:p@b/")
+    broker = make_broker("amqp", config.brokers["amqp"])
+    assert isinstance(broker, AmqpBroker)
+    assert broker.urls == ("amqp://u:***@a:5672/", "amqps://u:***@b/")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "amqp://u:p@a:5672/ amqp://u:p@b:5672/",
+        "amqp://u:p@a:5672/,amqp://u:p@b:5672/",
+        " amqp://u:p@a:5672/ ,\tamqp://u:p@b:5672/\n",
+    ],
+)
+def test_the_environment_takes_several_urls(value: str) -> None:
+    config = parse_config(
+        {"listeners": [{"interface": 1}]}, environ={"RABBITSOCKS_AMQP_URL": value}
+    )
+    assert config.brokers["amqp"].url == ("amqp://u:p@a:5672/", "amqp://u:p@b:5672/")
+
+
+def test_a_comma_in_a_password_is_not_a_separator() -> None:
+    config = parse_config(
+        {"listeners": [{"interface": 1}]}, environ={"RABBITSOCKS_AMQP_URL": "amqp://u:a,b@h/"}
+    )
+    assert config.brokers["amqp"].url == ("amqp://u:a,b@h/",)
+
+
+def test_a_bad_url_in_the_environment_list_is_named() -> None:
+    message = error_of(
+        {"listeners": [{"interface": 1}]}, {"RABBITSOCKS_AMQP_URL": "amqp://a/ amqp://b:x/"}
+    )
+    assert message.startswith("environment: RABBITSOCKS_AMQP_URL: expected an amqp://")
+    assert message.endswith("(URL 2 of 2)")
+
+
+def test_liveness_keys_have_production_defaults_and_reach_the_broker() -> None:
+    from rabbitsocks.services import make_broker
+
+    defaults = parse_config({"listeners": [{"interface": 1}], "brokers": {"amqp": {}}}, environ={})
+    settings = defaults.brokers["amqp"]
+    assert (settings.heartbeat, settings.probe_interval, settings.probe_timeout) == (10, 2.0, 3.0)
+    # The broker's confirm timeout is below RPC's, so that "outcome unknown" is reachable.
+    assert settings.confirm_timeout < defaults.rpc.confirm_timeout
+    broker = make_broker("amqp", settings)
+    assert broker._heartbeat == 10  # type: ignore[attr-defined]
+    assert broker._probe_interval == 2.0  # type: ignore[attr-defined]
+    assert "heartbeat=10" in broker._connect_url(0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("broker", "expected"),
+    [
+        ({"heartbeat": -1}, "brokers.amqp.heartbeat: expected an integer >= 0, got -1"),
+        ({"heartbeat": 70000}, "brokers.amqp.heartbeat: expected at most 65535 seconds"),
+        ({"heartbeat": 1.5}, "brokers.amqp.heartbeat: expected an integer, got 1.5 (float)"),
+        ({"probe_timeout": 0}, "brokers.amqp.probe_timeout: expected a number > 0, got 0"),
+        ({"connect_timeout": -1}, "brokers.amqp.connect_timeout: expected a number > 0"),
+        (
+            {"tls": {"cert_file": "c.pem"}},
+            "brokers.amqp.tls.key_file: expected both cert_file and key_file, or neither",
+        ),
+        ({"tls": {"ca_file": "/no/such/ca.pem"}}, "brokers.amqp.tls.ca_file: no such file"),
+        ({"tls": {"verify": "yes"}}, "brokers.amqp.tls.verify: expected true or false"),
+    ],
+)
+def test_liveness_and_tls_mistakes(broker: dict[str, object], expected: str) -> None:
+    assert amqp_error(broker).startswith(f"x.yaml: {expected}")
