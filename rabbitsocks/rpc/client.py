@@ -19,7 +19,14 @@ import aiohttp
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from rabbitsocks.errors import BrokerUnavailable, PublishFailed, RabbitSocksError, RpcError
+from rabbitsocks.errors import (
+    BrokerUnavailable,
+    PublishFailed,
+    PublishRefused,
+    PublishUnknown,
+    RabbitSocksError,
+    RpcError,
+)
 from rabbitsocks.rpc.goridge import Flag, FrameDecoder, decode_call, encode_call
 from rabbitsocks.rpc.http import JSON_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE
 from rabbitsocks.rpc.pb import Message, Request, Response
@@ -45,7 +52,9 @@ _KIND_ERRORS: dict[str, type[RabbitSocksError]] = {
     ErrorKind.BUSY.value: PublisherBusy,
     ErrorKind.BROKER_UNAVAILABLE.value: BrokerUnavailable,
     ErrorKind.PUBLISH_FAILED.value: PublishFailed,
+    ErrorKind.PUBLISH_REFUSED.value: PublishRefused,
     ErrorKind.CONFIRM_TIMEOUT.value: ConfirmTimeout,
+    ErrorKind.OUTCOME_UNKNOWN.value: PublishUnknown,
 }
 _STATUS_ERRORS: dict[int, type[RabbitSocksError]] = {
     404: UnknownMethod,

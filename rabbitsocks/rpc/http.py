@@ -13,9 +13,11 @@ whatever the request's encoding:
 408   the body did not arrive within the read timeout (the connection is closed)
 413   the body is over the size limit
 415   the Content-Type is neither protobuf nor JSON
-502   the broker refused the publish (nack, returned unroutable)
-503   the broker is not connected, or the PublishAsync queue is full
-504   the confirms did not arrive within the confirm timeout
+502   the broker refused the publish: before routing (publish failed: nobody got it)
+      or with a nack (publish refused: it did not take responsibility)
+503   the broker is not connected, or the PublishAsync queue is full: nothing was sent
+504   no confirm came (confirm timeout, or the connection was lost after sending):
+      the outcome is unknown
 500   anything else (logged)
 ====  =======================================================================
 
@@ -76,7 +78,9 @@ ERROR_STATUS: Final[Mapping[ErrorKind, int]] = {
     ErrorKind.BUSY: 503,
     ErrorKind.BROKER_UNAVAILABLE: 503,
     ErrorKind.PUBLISH_FAILED: 502,
+    ErrorKind.PUBLISH_REFUSED: 502,
     ErrorKind.CONFIRM_TIMEOUT: 504,
+    ErrorKind.OUTCOME_UNKNOWN: 504,
     ErrorKind.INTERNAL: 500,
 }
 

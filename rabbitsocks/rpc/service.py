@@ -39,6 +39,8 @@ from rabbitsocks.errors import (
     BrokerUnavailable,
     InvalidTopic,
     PublishFailed,
+    PublishRefused,
+    PublishUnknown,
     RpcError,
     UnknownBroker,
 )
@@ -97,8 +99,9 @@ class PublisherBusy(RpcError):
     """PublishAsync refused a request because the background queue is full."""
 
 
-class ConfirmTimeout(PublishFailed):
-    """Publish gave up waiting for confirms; the messages may or may not have been routed."""
+class ConfirmTimeout(PublishUnknown):
+    """Publish gave up waiting for confirms (its own deadline, ``confirm_timeout``); the
+    messages may or may not have been routed."""
 
 
 class Encoding(enum.Enum):
@@ -117,8 +120,14 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = "request too large"
     BUSY = "busy"
     BROKER_UNAVAILABLE = "broker unavailable"
+    #: RabbitMQ refused before routing (no such exchange): nobody received it.
     PUBLISH_FAILED = "publish failed"
+    #: RabbitMQ nacked: it did not take responsibility; some subscribers may have it.
+    PUBLISH_REFUSED = "publish refused"
+    #: RPC's own deadline passed with confirms outstanding: outcome unknown.
     CONFIRM_TIMEOUT = "confirm timeout"
+    #: The broker's confirm timeout passed, or the connection was lost, after sending.
+    OUTCOME_UNKNOWN = "outcome unknown"
     INTERNAL = "internal error"
 
 
@@ -137,6 +146,10 @@ def error_kind(exc: BaseException) -> ErrorKind:
         return ErrorKind.BROKER_UNAVAILABLE
     if isinstance(exc, ConfirmTimeout):
         return ErrorKind.CONFIRM_TIMEOUT
+    if isinstance(exc, PublishUnknown):
+        return ErrorKind.OUTCOME_UNKNOWN
+    if isinstance(exc, PublishRefused):
+        return ErrorKind.PUBLISH_REFUSED
     if isinstance(exc, PublishFailed):
         return ErrorKind.PUBLISH_FAILED
     return ErrorKind.INTERNAL
@@ -318,7 +331,8 @@ class PublishService:
                 f"{current}: {exc} ({confirmed} of {total} publishes confirmed)"
             ) from exc
         except PublishFailed as exc:
-            raise PublishFailed(
+            # The same class: refused, unknown and failed ask different things of a caller.
+            raise type(exc)(
                 f"{current}: {exc} ({confirmed} of {total} publishes confirmed)"
             ) from exc
         return Response(ok=True)

@@ -12,7 +12,13 @@ import pytest
 from aiohttp import web
 
 from rabbitsocks.brokers.memory import MemoryBroker
-from rabbitsocks.errors import BrokerUnavailable, PublishFailed, RpcError
+from rabbitsocks.errors import (
+    BrokerUnavailable,
+    PublishFailed,
+    PublishRefused,
+    PublishUnknown,
+    RpcError,
+)
 from rabbitsocks.rpc import HttpRpcClient, Message, Request, Response
 from rabbitsocks.rpc.http import add_rpc_routes, make_rpc_app
 from rabbitsocks.rpc.service import (
@@ -31,7 +37,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 class RefusingBroker(StubBroker):
-    """Stands in for RabbitMQ nacking (``nack``) or never confirming (``stall``).
+    """Stands in for RabbitMQ nacking (``nack``), never confirming (``stall``) or losing
+    the connection before the confirm (``unknown``).
 
     Neither can be provoked in ``MemoryBroker``; the integration tier covers the real one.
     """
@@ -42,7 +49,9 @@ class RefusingBroker(StubBroker):
 
     async def publish(self, topic: str, body: bytes, *, confirm: bool = True) -> None:
         if self.mode == "nack":
-            raise PublishFailed("nacked")
+            raise PublishRefused("nacked")
+        if self.mode == "unknown":
+            raise PublishUnknown("the connection was lost before the confirm")
         await asyncio.Event().wait()
 
 
@@ -69,8 +78,9 @@ async def deliveries(broker: MemoryBroker) -> Deliveries:
 async def service(broker: MemoryBroker) -> AsyncIterator[PublishService]:
     nack = RefusingBroker("nack", "nack")
     stall = RefusingBroker("stall", "stall")
+    unknown = RefusingBroker("unknown", "unknown")
     publish_service = PublishService(
-        {"memory": broker, "nack": nack, "stall": stall},
+        {"memory": broker, "nack": nack, "stall": stall, "unknown": unknown},
         "memory",
         max_request_bytes=4096,
         confirm_timeout=0.2,
@@ -205,7 +215,11 @@ async def test_nack_is_502_and_timeout_is_504(url: str, http: aiohttp.ClientSess
     nacked = publish_request("t", broker="nack").SerializeToString()
     async with http.post(f"{url}/rpc/broadcast.Publish", data=nacked, headers=PROTOBUF) as reply:
         assert reply.status == 502
-        assert (await reply.json())["error"].startswith("publish failed: ")
+        assert (await reply.json())["error"].startswith("publish refused: ")
+    unknown = publish_request("t", broker="unknown").SerializeToString()
+    async with http.post(f"{url}/rpc/broadcast.Publish", data=unknown, headers=PROTOBUF) as reply:
+        assert reply.status == 504
+        assert (await reply.json())["error"].startswith("outcome unknown: ")
     stalled = publish_request("t", broker="stall").SerializeToString()
     async with http.post(f"{url}/rpc/broadcast.Publish", data=stalled, headers=PROTOBUF) as reply:
         assert reply.status == 504

@@ -18,6 +18,8 @@ from rabbitsocks.errors import (
     BrokerUnavailable,
     InvalidTopic,
     PublishFailed,
+    PublishRefused,
+    PublishUnknown,
     RpcError,
     UnknownBroker,
 )
@@ -333,7 +335,9 @@ def test_encode_response() -> None:
         (UnknownBroker("who"), ErrorKind.INVALID_REQUEST),
         (BrokerUnavailable("down"), ErrorKind.BROKER_UNAVAILABLE),
         (ConfirmTimeout("slow"), ErrorKind.CONFIRM_TIMEOUT),
-        (PublishFailed("nack"), ErrorKind.PUBLISH_FAILED),
+        (PublishFailed("no exchange"), ErrorKind.PUBLISH_FAILED),
+        (PublishRefused("nack"), ErrorKind.PUBLISH_REFUSED),
+        (PublishUnknown("no confirm"), ErrorKind.OUTCOME_UNKNOWN),
         (KeyError("oops"), ErrorKind.INTERNAL),
     ],
 )
@@ -344,3 +348,17 @@ def test_error_kinds(exc: Exception, kind: ErrorKind) -> None:
 def test_describe_error_hides_internal_details() -> None:
     assert describe_error(PublishFailed("nacked")) == "publish failed: nacked"
     assert describe_error(KeyError("secret")) == "internal error: see the server log"
+
+
+@pytest.mark.parametrize("error", [PublishRefused, PublishUnknown, PublishFailed])
+async def test_publish_keeps_the_kind_of_the_brokers_error(error: type[PublishFailed]) -> None:
+    # A back end must be able to tell "refused" (nack), "unknown" and "failed" apart.
+    class Failing(StubBroker):
+        async def publish(self, topic: str, body: bytes, *, confirm: bool = True) -> None:
+            raise error("why")
+
+    service = PublishService({"b": Failing("b")}, "b")
+    with pytest.raises(error) as info:
+        await service.publish(Request(messages=[Message(topics=["t"], payload=b"p")]))
+    assert type(info.value) is error
+    assert "(0 of 1 publishes confirmed)" in str(info.value)
