@@ -575,6 +575,9 @@ class AmqpBroker:
                     self._next_node = (node + 1) % count
                     if failures % count:
                         continue  # the next URL at once
+                    # Every URL failed: ``start`` returns (not connected) after one round.
+                    if self._first_attempt is not None and not self._first_attempt.done():
+                        self._first_attempt.set_result(None)
                     self._state = _State.WAITING
                     delay = backoff_delay(attempt, self._reconnect_min, self._reconnect_max)
                     await asyncio.sleep(delay)
@@ -620,9 +623,8 @@ class AmqpBroker:
             finally:
                 if probe is not None:
                     await probe.stop()
-            if replacement is None:
+            if replacement is None or not await self._switch(session, replacement):
                 return session
-            await self._switch(session, replacement)
             session = replacement
 
     async def _wait_or_rebalance(self, session: _Session) -> _Session | None:
@@ -655,14 +657,20 @@ class AmqpBroker:
                     continue
             return candidate
 
-    async def _switch(self, old: _Session, new: _Session) -> None:
-        """Make ``new`` (set up and bound) the session, then close ``old``."""
+    async def _switch(self, old: _Session, new: _Session) -> bool:
+        """Make ``new`` (set up and bound) the session, then close ``old``. ``False`` (and
+        ``new`` closed) if either was lost meanwhile: the supervisor then reconnects."""
         async with self._control_lock:
             # Patterns bound meanwhile went to ``old`` only: bind them on ``new`` too.
-            await self._replay(new)
+            try:
+                await self._replay(new)
+            except Exception as exc:
+                log.debug("broker %r: rebalancing failed: %s", self.name, _reason(exc))
+                await self._discard(new)
+                return False
             if old.lost.is_set() or not new.alive:
                 await self._discard(new)
-                return
+                return False
             self._session = new
         log.info(
             "broker %r: back on %s (from %s), queue %s, %d pattern(s) bound",
@@ -672,9 +680,11 @@ class AmqpBroker:
             new.queue,
             len(self._patterns),
         )
+        self.failovers += 1
         self._last_node = new.node
         self._watch(new)
         await self._discard(old)
+        return True
 
     def _connect_url(self, node: int) -> str:
         url = URL(self._urls[node])
@@ -814,13 +824,8 @@ class AmqpBroker:
         if session is not self._session or self._state is not _State.CONNECTED:
             return
         self._unready = problem
-        log.warning(
-            "broker %r: %s on %s; leaving that node",
-            self.name,
-            problem,
-            self._safe_urls[session.node],
-        )
-        self._lose(session, BrokerError(problem), quiet=True)
+        # Logged by _lose: "lost the connection to <url> (BrokerError: <problem>)".
+        self._lose(session, BrokerError(f"end-to-end probe: {problem}"))
         # The connection may look healthy (a frozen node): close it without waiting for it.
         self._spawn(self._discard(session))
 
@@ -841,10 +846,8 @@ class AmqpBroker:
             )
         else:
             log.debug("broker %r: connecting to %s failed: %s", self.name, url, _reason(exc))
-        if self._first_attempt is not None and not self._first_attempt.done():
-            self._first_attempt.set_result(None)
 
-    def _lose(self, session: _Session, exc: BaseException | None, *, quiet: bool = False) -> None:
+    def _lose(self, session: _Session, exc: BaseException | None) -> None:
         """The connection or the consumer of ``session`` is gone: disconnected, at once."""
         session.lost.set()
         for waiter in session.probe_waiters.values():
@@ -855,13 +858,12 @@ class AmqpBroker:
         self._session = None
         self._state = _State.WAITING
         self._outage_since = time.monotonic()
-        if not quiet:
-            log.warning(
-                "broker %r: lost the connection to %s (%s); reconnecting",
-                self.name,
-                self._safe_urls[session.node],
-                _reason(exc),
-            )
+        log.warning(
+            "broker %r: lost the connection to %s (%s); reconnecting",
+            self.name,
+            self._safe_urls[session.node],
+            _reason(exc),
+        )
         self._notify(False)
 
     async def _discard(self, session: _Session) -> None:

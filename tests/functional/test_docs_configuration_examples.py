@@ -105,7 +105,7 @@ def test_the_amqp_url_override_example() -> None:
     url = example.split("=", 1)[1].split()[0]
     assert "runs the default\nlistener on RabbitMQ, with `memory` still available by name" in TEXT
     config = load_config(None, environ={"RABBITSOCKS_AMQP_URL": url})
-    assert config.brokers["amqp"].url == url
+    assert config.brokers["amqp"].url == (url,)
     assert config.brokers["amqp"].exchange == "amq.topic"
     assert config.effective_default_broker == "amqp"
     assert "memory" in config.broker_names

@@ -186,9 +186,7 @@ def private_cluster(private_cluster_session: PrivateCluster) -> Iterator[Private
     cluster = private_cluster_session
     for node in cluster.nodes:
         _restore(node)
-    for node in cluster.nodes:
-        if node.partitions():
-            cluster.heal(node)
+    cluster.heal()  # a frozen node comes back partitioned too
 
 
 def _restore(node: PrivateNode) -> None:

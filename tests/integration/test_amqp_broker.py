@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -523,7 +524,10 @@ async def test_the_host_applications_connections_stay_strict(
         channel = await host.channel()
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind("amq.topic", f"{prefix}.*")
-        await queue.consume(lambda message: asyncio.sleep(0), no_ack=True)
+        async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            pass
+
+        await queue.consume(ignore, no_ack=True)
         host_closed = asyncio.Event()
         host.close_callbacks.add(lambda *_: host_closed.set())
         await pika_publish(
@@ -535,3 +539,56 @@ async def test_the_host_applications_connections_stay_strict(
         await asyncio.wait_for(host_closed.wait(), WAIT)
     finally:
         await host.close()
+
+
+def _dead_url() -> str:
+    """An AMQP URL on a loopback port where nothing listens (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"amqp://guest:guest@127.0.0.1:{port}/"
+
+
+async def test_several_urls_are_tried_in_turn_without_backing_off(
+    make_broker: BrokerFactory, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first URL refuses: the second is tried at once, not after a backoff (reconnect_min
+    # is far longer than this test's wait), and start() returns connected to it.
+    recorder = Recorder()
+    dead = _dead_url()
+    broker = make_broker(url=[dead, amqp_url], reconnect_min=30, reconnect_max=60)
+    with caplog.at_level(logging.WARNING, LOGGER):
+        await asyncio.wait_for(started(broker, recorder), WAIT)
+    assert broker.node == 1
+    assert recorder.states == [True]
+    assert "(then the other URLs)" in caplog.text
+    await broker.bind(f"{prefix}.a")
+    await pika_publish(amqp_url, [(f"{prefix}.a", b"via the second URL")])
+    await recorder.until_delivered(f"{prefix}.a")
+
+
+async def test_start_returns_after_one_round_when_no_url_answers(
+    make_broker: BrokerFactory,
+) -> None:
+    broker = make_broker(url=[_dead_url(), _dead_url()], reconnect_min=30, reconnect_max=60)
+    await asyncio.wait_for(broker.start(Recorder().on_delivery), WAIT)
+    assert not broker.connected
+    with pytest.raises(BrokerUnavailable, match=r" or amqp://guest:\*\*\*@127\.0\.0\.1:"):
+        await broker.bind("x")
+
+
+async def test_probe_messages_never_reach_on_delivery_even_for_hash(
+    make_broker: BrokerFactory, amqp_url: str
+) -> None:
+    # A client joined to "#" sees every topic; the probe goes through the default
+    # exchange to our queue by name, so it is never routed by a binding at all.
+    recorder = Recorder()
+    broker = await started(make_broker(probe_interval=0.05, probe_timeout=2), recorder)
+    await broker.bind("#")
+    async with asyncio.timeout(WAIT):
+        while True:  # the probe's counter sends no event: polled, with a deadline
+            if broker.probes.passed >= 5:
+                break
+            await asyncio.sleep(0.05)
+    assert broker.unready is None
+    assert all(not body.startswith(b"rabbitsocks-probe") for _, body in recorder.deliveries)

@@ -13,11 +13,11 @@ answers ``await_startup``. ``PrivateCluster`` starts three and joins the second 
 to the first (``join_cluster``). Starting a node takes a few seconds: the fixtures in
 tests/integration/conftest.py are session-scoped, and tests that break a node restore it.
 
-Partitions: ``PrivateCluster.partition(node)`` makes ``node`` disconnect from the others
-(``erlang:disconnect_node/1`` through ``rabbitmqctl eval``) repeatedly until RabbitMQ
-reports a partition (``cluster_status``). With the default ``ignore`` partition handling
-the two sides then run apart, as after a real network split, and ``heal`` restarts the
-isolated node to merge it back.
+Partitions: ``PrivateCluster.partition(node)`` makes ``node`` disconnect from all the
+others at once (``erlang:disconnect_node/1`` through ``rabbitmqctl eval``) and waits until
+RabbitMQ reports the partition (``cluster_status``). With ``ignore`` partition handling
+(set by ``write_files``) the two sides then run apart, as after a real network split, and
+``heal`` restarts the minority side's nodes to merge them back.
 """
 
 from __future__ import annotations
@@ -505,12 +505,24 @@ class PrivateCluster:
                 raise RuntimeError(f"{node.name}: no partition reported after {timeout:g}s")
             time.sleep(0.2)  # RabbitMQ sends no event a test can wait on: poll
 
-    def heal(self, node: PrivateNode) -> None:
-        """Merge a partitioned node back: restart it (RabbitMQ's documented way)."""
-        node.stop()
-        node.start()
-        deadline = time.monotonic() + 60
-        while any(n.partitions() for n in self.nodes if n.running):
+    def partitioned(self) -> dict[str, set[str]]:
+        """Running node name -> the nodes it reports itself partitioned from."""
+        return {n.name: set(n.partitions()) for n in self.nodes if n.running}
+
+    def heal(self, timeout: float = 120.0) -> None:
+        """Merge partitions back, RabbitMQ's documented way: restart the nodes of the
+        minority side (the node that reports the most peers it is partitioned from), one
+        at a time, until no node reports a partition."""
+        deadline = time.monotonic() + timeout
+        while True:
+            views = self.partitioned()
+            if not any(views.values()):
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError("the partition did not heal")
-            time.sleep(0.3)
+                raise RuntimeError(f"the partition did not heal: {views}")
+            worst = max(self.nodes, key=lambda n: len(views.get(n.name, ())))
+            worst.stop()
+            worst.start()
+            settle = time.monotonic() + 20
+            while any(self.partitioned().values()) and time.monotonic() < settle:
+                time.sleep(0.3)  # RabbitMQ sends no event a test can wait on: poll
