@@ -44,8 +44,9 @@ class Broker(Protocol):
     async def start(
         self, on_delivery: DeliveryHandler, on_state: StateHandler | None = None
     ) -> None:
-        """Connect and start consuming. Returns once the first attempt succeeded or failed;
-        a broker that could not connect keeps retrying in the background."""
+        """Connect and start consuming. Returns once connected, or once the first attempt
+        (with several URLs, one attempt per URL) failed; a broker that could not connect
+        keeps retrying in the background."""
         ...
 
     async def bind(self, pattern: str) -> None:
