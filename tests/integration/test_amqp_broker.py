@@ -524,6 +524,7 @@ async def test_the_host_applications_connections_stay_strict(
         channel = await host.channel()
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind("amq.topic", f"{prefix}.*")
+
         async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             pass
 

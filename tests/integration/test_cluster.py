@@ -26,6 +26,7 @@ import pytest
 from rabbitsocks import Server
 from rabbitsocks.brokers.amqp import AmqpBroker, AmqpTls
 from rabbitsocks.config import parse_config
+from rabbitsocks.messages import Delivery
 from tests.support.pubsub import Clients, PubSubClient, bridge, client_pool, unique
 from tests.support.rabbitmq import PrivateCluster, PrivateNode
 
@@ -269,8 +270,8 @@ async def test_tls_with_a_self_signed_ca(private_cluster: PrivateCluster) -> Non
     deliveries: list[tuple[str, bytes]] = []
     got = asyncio.Event()
 
-    def on_delivery(key: str, body: bytes) -> None:
-        deliveries.append((key, body))
+    def on_delivery(delivery: Delivery) -> None:
+        deliveries.append((delivery.routing_key, delivery.body))
         got.set()
 
     good = AmqpTls(
