@@ -381,3 +381,44 @@ async def test_rebalance_returns_to_the_first_node_without_losing_messages(
         print(f"rebalance: {len(got) - len(set(got))} duplicates, {broker.failovers} failovers")
         assert broker.failovers == 2
         assert set(broker.bindings) == {t}
+
+
+async def test_a_frozen_node_that_is_not_ours_is_not_left(
+    private_cluster: PrivateCluster, clients: Clients
+) -> None:
+    """The probe through another node must not blame our node for that node's trouble:
+    with the node the probe crosses frozen, the process stays where it is, ready."""
+    first, second, third = private_cluster.nodes
+    # On the second node; the probe's other node is the first one (the next URL).
+    server = await serve(private_cluster, [second.url, first.url, third.url])
+    t = unique()
+    try:
+        broker = server.services.hub().broker
+        assert isinstance(broker, AmqpBroker)
+        ws = await clients.connect("websocket", server.listeners[0].port)
+        await ws.join(t)
+        await until(lambda: broker.unready is None, 10, "the first probe")
+        passed = broker.probes.passed
+        await asyncio.to_thread(first.freeze)
+        try:
+            # /ready sampled through several probe rounds while the first node stays frozen
+            # (each round waits for the probe through it to time out, then tries the third).
+            async with aiohttp.ClientSession() as http:
+                deadline = time.monotonic() + 8
+                while time.monotonic() < deadline:
+                    status, body = await ready(http, server)
+                    assert status == 200, body
+                    assert broker.node == 0
+                    await asyncio.sleep(0.2)
+            assert broker.probes.passed > passed
+            assert broker.probes.failed == 0
+            assert broker.failovers == 0
+            async with Stream(third, t) as stream:
+                await until(lambda: len(stream.sent) > 5, 5, "a publish")
+                after = stream.sent[-1][0]
+                got = await received_until(ws, t, after, 10)
+                assert after in got
+        finally:
+            await asyncio.to_thread(first.thaw)
+    finally:
+        await server.stop()
