@@ -1,9 +1,10 @@
 """The RabbitMQ broker: the ``Broker`` protocol over aio-pika, with its own reconnect loop.
 
-This is the only module of rabbitsocks that imports aio-pika (and aiormq, the protocol layer
-under it), with ``amqp_probe`` beside it; every error they raise is translated here into
-``BrokerUnavailable``, ``PublishFailed`` (``PublishRefused``, ``PublishUnknown``) or
-``BrokerError``.
+This module and its two neighbours, ``amqp_session`` (a session's channels, TLS, backoff)
+and ``amqp_probe`` (the end-to-end probe), are the only ones of rabbitsocks that import
+aio-pika (and aiormq, the protocol layer under it); every error they raise is translated
+here into ``BrokerUnavailable``, ``PublishFailed`` (``PublishRefused``, ``PublishUnknown``)
+or ``BrokerError``.
 
 Theory of operation
 -------------------
@@ -89,7 +90,6 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -99,6 +99,14 @@ import aiormq.abc
 from yarl import URL
 
 from rabbitsocks.brokers.amqp_probe import Probe
+from rabbitsocks.brokers.amqp_session import (
+    CONNECTION_ERRORS,
+    AmqpTls,
+    Channel,
+    Session,
+    backoff_delay,
+    reason,
+)
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
 from rabbitsocks.compat import lenient_shortstr
 from rabbitsocks.errors import (
@@ -116,20 +124,9 @@ __all__ = ["AmqpBroker", "AmqpTls", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
-# What aio-pika and aiormq raise when the connection is gone or going: aiormq's connection
-# errors, the OS's, a channel closed under our feet (aiormq's ChannelInvalidStateError is a
-# RuntimeError, as is aio-pika's "Connection was not opened").
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    RuntimeError,
-)
-
-# ...and what opening a connection may raise besides.
+# What opening a connection may raise besides losing it.
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    *_CONNECTION_ERRORS,
+    *CONNECTION_ERRORS,
     aiormq.exceptions.AMQPError,
     TimeoutError,
 )
@@ -141,123 +138,6 @@ class _State(enum.Enum):
     CONNECTED = "connected"
     WAITING = "waiting"
     CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class AmqpTls:
-    """TLS settings for ``amqps://`` URLs (PEM files)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify: bool = True
-    server_name: str | None = None
-
-    def context(self) -> ssl.SSLContext:
-        """An SSL context for these settings (reads the files)."""
-        context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.server_name = self.server_name
-        if self.verify:
-            if self.ca_file:
-                context.load_verify_locations(cafile=self.ca_file)
-            else:
-                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
-class _NamedContext(ssl.SSLContext):
-    """An SSL context that checks (and sends as SNI) ``server_name`` instead of the host
-    the connection was opened to, when set: aiormq opens the socket with the URL's host."""
-
-    server_name: str | None = None
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLObject:
-        name = self.server_name or server_hostname
-        return super().wrap_bio(incoming, outgoing, server_side, name, session)
-
-
-def backoff_delay(attempt: int, low: float, high: float, rand: float | None = None) -> float:
-    """The delay before reconnect attempt ``attempt`` (0 for the first after an outage).
-
-    "Full jitter" over an exponential ceiling, with a floor: uniform in ``[low, ceiling]``
-    where the ceiling doubles from ``2 * low`` up to ``high``. So bridge processes that lost
-    RabbitMQ together do not come back in lockstep, and none waits less than ``low``.
-    """
-    ceiling = min(high, low * 2.0 ** min(attempt + 1, 32))
-    fraction = random.random() if rand is None else rand
-    return low + (max(ceiling, low) - low) * fraction
-
-
-def _reason(exc: BaseException | None) -> str:
-    """A one-line reason for a log line or an error message."""
-    if exc is None:
-        return "closed"
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@dataclass(eq=False)
-class _Channel:
-    """An aio-pika channel and the aiormq channel under it, which we talk to directly."""
-
-    channel: aio_pika.abc.AbstractChannel
-    raw: aiormq.abc.AbstractChannel
-    #: Why RabbitMQ closed it (a channel error such as 404), once it did.
-    closed_by: BaseException | None = None
-    #: An RPC on it was cancelled or timed out: aiormq is closing it, do not use it again.
-    abandoned: bool = False
-
-    @classmethod
-    async def open(cls, connection: aio_pika.abc.AbstractConnection, *, confirms: bool) -> _Channel:
-        channel = connection.channel(publisher_confirms=confirms)
-        await channel.initialize()
-        opened = cls(channel, await channel.get_underlay_channel())
-
-        def on_close(_: object, exc: BaseException | None) -> None:
-            opened.closed_by = exc
-
-        channel.close_callbacks.add(on_close)
-        return opened
-
-    @property
-    def is_closed(self) -> bool:
-        return self.abandoned or self.raw.is_closed
-
-
-@dataclass(eq=False)
-class _Session:
-    """One AMQP connection's worth of state."""
-
-    connection: aio_pika.abc.AbstractConnection
-    consume: _Channel
-    control: _Channel
-    publish: _Channel
-    queue: str
-    #: Index of the URL this session is connected to.
-    node: int
-    #: Probe messages awaited back, by body (see ``amqp_probe``).
-    probe_waiters: dict[bytes, asyncio.Future[None]]
-    #: Set when the connection or the consumer is lost: the supervisor waits on it.
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
-    publish_reopen: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def alive(self) -> bool:
-        """Neither lost nor closing (aiormq knows of a closed connection before aio-pika's
-        close callbacks, which set ``lost``, have run)."""
-        return not (self.lost.is_set() or self.consume.raw.connection.is_closed)
 
 
 class AmqpBroker:
@@ -343,7 +223,7 @@ class AmqpBroker:
         self._ssl_context: ssl.SSLContext | None = None
 
         self._state = _State.IDLE
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._next_node = 0
         self._last_node: int | None = None
         #: Why the broker is not ready while it is connected (a probe failed), or ``None``.
@@ -502,9 +382,9 @@ class AmqpBroker:
             except aiormq.exceptions.AMQPChannelError as exc:
                 raise BrokerError(
                     f"broker {self.name!r}: RabbitMQ refused to bind {pattern!r} "
-                    f"to exchange {self._exchange!r}: {_reason(exc)}"
+                    f"to exchange {self._exchange!r}: {reason(exc)}"
                 ) from exc
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 raise self._unavailable(exc) from exc
             if self._session is not session:
                 # Bound on a queue that died with its connection before we got here.
@@ -600,7 +480,7 @@ class AmqpBroker:
                     await asyncio.sleep(random.uniform(0, self._reconnect_min))
                     attempt = 0
 
-    async def _serve(self, session: _Session) -> _Session:
+    async def _serve(self, session: Session) -> Session:
         """Run the probe (and rebalancing) for the session; return the session that was
         lost (a rebalanced one replaces ``session``)."""
         while True:
@@ -627,7 +507,7 @@ class AmqpBroker:
                 return session
             session = replacement
 
-    async def _wait_or_rebalance(self, session: _Session) -> _Session | None:
+    async def _wait_or_rebalance(self, session: Session) -> Session | None:
         """Until ``session`` is lost (``None``), or a session on the first URL is set up."""
         while True:
             with contextlib.suppress(TimeoutError):
@@ -640,7 +520,7 @@ class AmqpBroker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("broker %r: first URL not back yet: %s", self.name, _reason(exc))
+                log.debug("broker %r: first URL not back yet: %s", self.name, reason(exc))
                 continue
             if self._probe_interval > 0:
                 problem = await Probe(
@@ -657,7 +537,7 @@ class AmqpBroker:
                     continue
             return candidate
 
-    async def _switch(self, old: _Session, new: _Session) -> bool:
+    async def _switch(self, old: Session, new: Session) -> bool:
         """Make ``new`` (set up and bound) the session, then close ``old``. ``False`` (and
         ``new`` closed) if either was lost meanwhile: the supervisor then reconnects."""
         async with self._control_lock:
@@ -665,7 +545,7 @@ class AmqpBroker:
             try:
                 await self._replay(new)
             except Exception as exc:
-                log.debug("broker %r: rebalancing failed: %s", self.name, _reason(exc))
+                log.debug("broker %r: rebalancing failed: %s", self.name, reason(exc))
                 await self._discard(new)
                 return False
             if old.lost.is_set() or not new.alive:
@@ -692,7 +572,7 @@ class AmqpBroker:
             url = url.update_query(heartbeat=str(self._heartbeat))
         return str(url)
 
-    async def _open_session(self, node: int) -> _Session:
+    async def _open_session(self, node: int) -> Session:
         url = self._connect_url(node)
         async with asyncio.timeout(self._connect_timeout):
             connection = await aio_pika.connect(
@@ -702,12 +582,12 @@ class AmqpBroker:
             )
         try:
             async with asyncio.timeout(self._connect_timeout):
-                control = await _Channel.open(connection, confirms=False)
+                control = await Channel.open(connection, confirms=False)
                 if self._declare_exchange and not self._exchange.startswith("amq."):
                     await control.raw.exchange_declare(
                         self._exchange, exchange_type="topic", durable=True
                     )
-                consume = await _Channel.open(connection, confirms=False)
+                consume = await Channel.open(connection, confirms=False)
                 declared = await consume.raw.queue_declare("", exclusive=True, auto_delete=True)
                 queue = declared.queue
                 if queue is None:  # pragma: no cover - RabbitMQ always names the queue
@@ -715,8 +595,8 @@ class AmqpBroker:
                 waiters: dict[bytes, asyncio.Future[None]] = {}
                 await consume.raw.basic_qos(prefetch_count=self._prefetch)
                 await consume.raw.basic_consume(queue, self._consumer(waiters), no_ack=True)
-                publish = await _Channel.open(connection, confirms=True)
-            session = _Session(connection, consume, control, publish, queue, node, waiters)
+                publish = await Channel.open(connection, confirms=True)
+            session = Session(connection, consume, control, publish, queue, node, waiters)
             async with self._control_lock:
                 await self._replay(session)
             if not session.alive or consume.is_closed:
@@ -727,7 +607,7 @@ class AmqpBroker:
             raise
         return session
 
-    def _watch(self, session: _Session) -> None:
+    def _watch(self, session: Session) -> None:
         """Lose ``session`` when its connection, consume channel or consumer goes."""
         session.connection.close_callbacks.add(lambda _, exc: self._lose(session, exc))
         session.consume.channel.close_callbacks.add(lambda _, exc: self._lose(session, exc))
@@ -737,7 +617,7 @@ class AmqpBroker:
         if not session.alive or session.consume.is_closed:
             self._lose(session, None)
 
-    async def _replay(self, session: _Session) -> None:
+    async def _replay(self, session: Session) -> None:
         """Bind every pattern of the registry to the new queue.
 
         Patterns cannot change meanwhile: bind refuses while disconnected and unbind waits for
@@ -786,7 +666,7 @@ class AmqpBroker:
 
         return deliver
 
-    def _session_up(self, session: _Session) -> None:
+    def _session_up(self, session: Session) -> None:
         self._session = session
         self._state = _State.CONNECTED
         self._unready = "no probe has passed on this connection yet" if self._probing else None
@@ -815,11 +695,11 @@ class AmqpBroker:
     def _probing(self) -> bool:
         return self._probe_interval > 0
 
-    def _probe_passed(self, session: _Session) -> None:
+    def _probe_passed(self, session: Session) -> None:
         if session is self._session:
             self._unready = None
 
-    def _probe_failed(self, session: _Session, problem: str) -> None:
+    def _probe_failed(self, session: Session, problem: str) -> None:
         """The probe says ``session``'s node does not deliver: leave it."""
         if session is not self._session or self._state is not _State.CONNECTED:
             return
@@ -833,7 +713,7 @@ class AmqpBroker:
         url = self._safe_urls[node]
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            expected = isinstance(exc, (*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError))
+            expected = isinstance(exc, (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError))
             others = " (then the other URLs)" if len(self._urls) > 1 else ""
             log.warning(
                 "broker %r: cannot connect to %s%s (%s); retrying in the background. Is"
@@ -841,13 +721,13 @@ class AmqpBroker:
                 self.name,
                 url,
                 others,
-                _reason(exc),
+                reason(exc),
                 exc_info=None if expected else exc,
             )
         else:
-            log.debug("broker %r: connecting to %s failed: %s", self.name, url, _reason(exc))
+            log.debug("broker %r: connecting to %s failed: %s", self.name, url, reason(exc))
 
-    def _lose(self, session: _Session, exc: BaseException | None) -> None:
+    def _lose(self, session: Session, exc: BaseException | None) -> None:
         """The connection or the consumer of ``session`` is gone: disconnected, at once."""
         session.lost.set()
         for waiter in session.probe_waiters.values():
@@ -862,11 +742,11 @@ class AmqpBroker:
             "broker %r: lost the connection to %s (%s); reconnecting",
             self.name,
             self._safe_urls[session.node],
-            _reason(exc),
+            reason(exc),
         )
         self._notify(False)
 
-    async def _discard(self, session: _Session) -> None:
+    async def _discard(self, session: Session) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._connect_timeout):
                 await session.connection.close()
@@ -881,7 +761,7 @@ class AmqpBroker:
 
     # -- what the probe uses ---------------------------------------------------------------
 
-    def other_urls(self, session: _Session) -> list[tuple[str, str]]:
+    def other_urls(self, session: Session) -> list[tuple[str, str]]:
         """(URL to connect to, masked URL) of every node but ``session``'s, next one first."""
         count = len(self._urls)
         order = [(session.node + step) % count for step in range(1, count)]
@@ -896,7 +776,7 @@ class AmqpBroker:
 
     # -- control ---------------------------------------------------------------------------
 
-    def _require_session(self) -> _Session:
+    def _require_session(self) -> Session:
         session = self._session
         if session is None or self._state is not _State.CONNECTED:
             raise self._unavailable(None)
@@ -907,16 +787,16 @@ class AmqpBroker:
         if self._state is _State.IDLE:
             state = "not started"
         where = self._safe_urls[0] if len(self._urls) == 1 else " or ".join(self._safe_urls)
-        detail = f" ({_reason(exc)})" if exc is not None else ""
+        detail = f" ({reason(exc)})" if exc is not None else ""
         return BrokerUnavailable(f"broker {self.name!r} is {state} to {where}{detail}")
 
-    async def _control(self, session: _Session) -> aiormq.abc.AbstractChannel:
+    async def _control(self, session: Session) -> aiormq.abc.AbstractChannel:
         """The control channel, reopened if RabbitMQ (or a cancelled RPC) closed it."""
         if session.control.is_closed:
-            session.control = await _Channel.open(session.connection, confirms=False)
+            session.control = await Channel.open(session.connection, confirms=False)
         return session.control.raw
 
-    async def _queue_unbind(self, session: _Session, pattern: str) -> None:
+    async def _queue_unbind(self, session: Session, pattern: str) -> None:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 control = await self._control(session)
@@ -936,11 +816,11 @@ class AmqpBroker:
                 pattern,
                 self._connect_timeout,
             )
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             # The queue goes with the connection, and the pattern is out of the registry.
-            log.debug("broker %r: unbind %r: %s", self.name, pattern, _reason(exc))
+            log.debug("broker %r: unbind %r: %s", self.name, pattern, reason(exc))
         except aiormq.exceptions.AMQPError as exc:
-            log.warning("broker %r: could not unbind %r: %s", self.name, pattern, _reason(exc))
+            log.warning("broker %r: could not unbind %r: %s", self.name, pattern, reason(exc))
 
     async def _unbind_orphan(self, pattern: str) -> None:
         async with self._control_lock:
@@ -950,19 +830,19 @@ class AmqpBroker:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def publish_channel(self, session: _Session) -> aiormq.abc.AbstractChannel:
+    async def publish_channel(self, session: Session) -> aiormq.abc.AbstractChannel:
         """``session``'s publish channel (confirm mode), reopened if it was closed."""
         if not session.publish.is_closed:
             return session.publish.raw
         async with session.publish_reopen:
             if session.publish.is_closed:
                 try:
-                    session.publish = await _Channel.open(session.connection, confirms=True)
-                except _CONNECTION_ERRORS as exc:
+                    session.publish = await Channel.open(session.connection, confirms=True)
+                except CONNECTION_ERRORS as exc:
                     raise self._unavailable(exc) from exc
         return session.publish.raw
 
-    async def _publish(self, session: _Session, topic: str, body: bytes) -> None:
+    async def _publish(self, session: Session, topic: str, body: bytes) -> None:
         channel = await self.publish_channel(session)
         try:
             await channel.basic_publish(
@@ -988,22 +868,22 @@ class AmqpBroker:
                 # The channel closed under this publish: RabbitMQ refused a concurrent one.
                 raise self._channel_refused(topic, session.publish.closed_by or exc) from exc
             raise self._lost_in_flight(topic, exc) from exc
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise self._lost_in_flight(topic, exc) from exc
 
     def _lost_in_flight(self, topic: str, exc: BaseException) -> PublishUnknown:
         return PublishUnknown(
             f"broker {self.name!r}: the connection was lost before RabbitMQ confirmed the "
-            f"message to {topic!r} (outcome unknown: {_reason(exc)})"
+            f"message to {topic!r} (outcome unknown: {reason(exc)})"
         )
 
     def _channel_refused(self, topic: str, exc: BaseException) -> PublishFailed:
         return PublishFailed(
             f"broker {self.name!r}: RabbitMQ closed the publish channel on the message to "
-            f"{topic!r} via exchange {self._exchange!r}: {_reason(exc)}"
+            f"{topic!r} via exchange {self._exchange!r}: {reason(exc)}"
         )
 
-    async def _publish_unconfirmed(self, session: _Session, topic: str, body: bytes) -> None:
+    async def _publish_unconfirmed(self, session: Session, topic: str, body: bytes) -> None:
         try:
             await self._publish(session, topic, body)
         except BrokerError as exc:

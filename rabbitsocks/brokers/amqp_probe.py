@@ -36,7 +36,8 @@ import aio_pika.abc
 import aiormq
 
 if TYPE_CHECKING:
-    from rabbitsocks.brokers.amqp import AmqpBroker, _Session
+    from rabbitsocks.brokers.amqp import AmqpBroker
+    from rabbitsocks.brokers.amqp_session import Session
 
 __all__ = ["Probe"]
 
@@ -55,12 +56,12 @@ class Probe:
     def __init__(
         self,
         broker: AmqpBroker,
-        session: _Session,
+        session: Session,
         *,
         interval: float,
         timeout: float,
-        on_failure: Callable[[_Session, str], None] | None = None,
-        on_success: Callable[[_Session], None] | None = None,
+        on_failure: Callable[[Session, str], None] | None = None,
+        on_success: Callable[[Session], None] | None = None,
     ) -> None:
         self._broker = broker
         self._session = session
