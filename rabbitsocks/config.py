@@ -798,6 +798,12 @@ def _check_brokers(config: Config) -> None:
                 except _Invalid as exc:
                     raise ConfigError(config.source, key, str(exc)) from None
             tls = broker.tls
+            if tls != BrokerTlsConfig() and not any(u.startswith("amqps:") for u in broker.url):
+                raise ConfigError(
+                    config.source,
+                    f"brokers.{name}.tls",
+                    "set, but no URL is amqps:// (TLS applies to amqps:// URLs only)",
+                )
             for attr in ("ca_file", "cert_file", "key_file"):
                 path = getattr(tls, attr)
                 if path is not None and not os.path.isfile(path):

@@ -4,9 +4,9 @@
 between it and the server: for each listener it imports the callback module, parses the
 listener's ``options`` against the module's ``Options`` (with the configured broker names,
 for fields declared ``one_of("brokers")``), and makes the checks a start-up would make
-otherwise only when it got there: the TLS certificate and key load, a JWT public key
-reads, every authorization hook (``auth.connect``, and any ``HookConfig`` among the
-options, such as pubsub's ``join_auth``) loads.
+otherwise only when it got there: the TLS certificate and key load (a broker's TLS files
+too), a JWT public key reads, every authorization hook (``auth.connect``, and any
+``HookConfig`` among the options, such as pubsub's ``join_auth``) loads.
 
 ``rabbitsocks check`` and ``rabbitsocks serve`` both go through ``plan_config``, and
 ``start_listener``/``mount`` through ``plan_listener``, so what one accepts the others
@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from rabbitsocks.auth import hook_from_config
 from rabbitsocks.callback import import_callback, options_type
-from rabbitsocks.config import Config, HookConfig, ListenerConfig, check_fields, parse_options
+from rabbitsocks.config import (
+    BrokerTlsConfig,
+    Config,
+    HookConfig,
+    ListenerConfig,
+    check_fields,
+    parse_options,
+)
 from rabbitsocks.errors import CallbackLoadError, ConfigError
 
 if TYPE_CHECKING:
@@ -63,7 +70,29 @@ def plan_config(config: Config) -> Plan:
         for listener in config.listeners
     )
     planned = dataclasses.replace(config, listeners=tuple(p.config for p in listeners))
+    for name, broker in config.brokers.items():
+        _check_broker_tls(name, broker.tls, config.source)
     return Plan(planned, listeners)
+
+
+def _check_broker_tls(name: str, tls: BrokerTlsConfig, source: str) -> None:
+    """The PEM files of ``brokers.<name>.tls`` load (the broker reads them at start)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    key = f"brokers.{name}.tls"
+    try:
+        if tls.ca_file is not None:
+            context.load_verify_locations(cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(source, f"{key}.ca_file", f"cannot load {tls.ca_file!r}: {exc}") from None
+    try:
+        if tls.cert_file is not None:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            source,
+            f"{key}.cert_file",
+            f"cannot load certificate {tls.cert_file!r} and key {tls.key_file!r}: {exc}",
+        ) from None
 
 
 def plan_listener(

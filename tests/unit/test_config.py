@@ -422,9 +422,43 @@ def test_liveness_keys_have_production_defaults_and_reach_the_broker() -> None:
             {"tls": {"cert_file": "c.pem"}},
             "brokers.amqp.tls.key_file: expected both cert_file and key_file, or neither",
         ),
-        ({"tls": {"ca_file": "/no/such/ca.pem"}}, "brokers.amqp.tls.ca_file: no such file"),
+        (
+            {"url": "amqps://h/", "tls": {"ca_file": "/no/such/ca.pem"}},
+            "brokers.amqp.tls.ca_file: no such file",
+        ),
         ({"tls": {"verify": "yes"}}, "brokers.amqp.tls.verify: expected true or false"),
     ],
 )
 def test_liveness_and_tls_mistakes(broker: dict[str, object], expected: str) -> None:
     assert amqp_error(broker).startswith(f"x.yaml: {expected}")
+
+
+def test_tls_without_an_amqps_url_is_refused() -> None:
+    # Silently ignored settings would mean plain text where TLS was meant.
+    message = amqp_error({"url": "amqp://h/", "tls": {"verify": False}})
+    assert message == (
+        "x.yaml: brokers.amqp.tls: set, but no URL is amqps:// (TLS applies to amqps:// URLs only)"
+    )
+
+
+def test_broker_tls_files_must_load(tmp_path: Path) -> None:
+    from tests.support.rabbitmq import make_tls_files
+
+    files = make_tls_files(tmp_path / "tls")
+    good = {
+        "url": "amqps://h/",
+        "tls": {
+            "ca_file": str(files.ca),
+            "cert_file": str(files.client_cert),
+            "key_file": str(files.client_key),
+        },
+    }
+    config = parse_config({"listeners": [{"interface": 1}], "brokers": {"amqp": good}}, environ={})
+    assert config.brokers["amqp"].tls.ca_file == str(files.ca)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    bad_ca = amqp_error({"url": "amqps://h/", "tls": {"ca_file": str(garbage)}})
+    assert bad_ca.startswith(f"x.yaml: brokers.amqp.tls.ca_file: cannot load '{garbage}'")
+    mismatched = {**good["tls"], "key_file": str(files.key)}  # the server's key
+    bad_pair = amqp_error({"url": "amqps://h/", "tls": mismatched})
+    assert bad_pair.startswith("x.yaml: brokers.amqp.tls.cert_file: cannot load certificate")
