@@ -146,7 +146,7 @@ async def rabbitmq_admin() -> AsyncIterator[RabbitAdmin]:
 
 @pytest.fixture(scope="session")
 def private_node_session() -> Iterator[PrivateNode]:
-    """A private single RabbitMQ node (rs-cluster-10@localhost, AMQP 25609), started once
+    """A private single RabbitMQ node (rs-cluster-<pid>-10@localhost), started once
     per session: tests may stop_app, kill or freeze it, and must bring it back."""
     if not rabbitmq_available():
         pytest.fail("rabbitmq-server is not installed: the private-node tests need it")
@@ -167,8 +167,8 @@ def private_node(private_node_session: PrivateNode) -> Iterator[PrivateNode]:
 
 @pytest.fixture(scope="session")
 def private_cluster_session() -> Iterator[PrivateCluster]:
-    """A private 3-node RabbitMQ cluster (rs-cluster-1..3@localhost, AMQP 25600-25602,
-    AMQPS 25650-25652 with a CA made for the session), started once per session."""
+    """A private 3-node RabbitMQ cluster (rs-cluster-<pid>-1..3@localhost, with AMQPS
+    listeners and a CA made for the session), started once per session."""
     if not rabbitmq_available():
         pytest.fail("rabbitmq-server is not installed: the private-cluster tests need it")
     cluster = PrivateCluster.create(3, tls=True)

@@ -1,11 +1,12 @@
 """Private RabbitMQ nodes for the tests that stop, freeze or partition RabbitMQ.
 
 Those tests never touch the shared broker on 5672: each starts nodes of its own, named
-``rs-cluster-<n>@localhost``, on this suite's own ports (AMQP 25600-25649, AMQPS
-25650-25669, Erlang distribution 25700-25749), each with its own data and log directories
-under a temporary directory, and a cookie of their own in a ``HOME`` of their own. The CLI
-tools (``rabbitmqctl``) run with the same ``HOME`` and with their distribution ports in
-25740-25749.
+``rs-cluster-<pid>-<n>@localhost`` (the test process's id: two runs of the suite on one
+machine, from two clones, never share a node), on ports the kernel finds free when the
+node is made (AMQP, AMQPS, Erlang distribution), each with its own data and log
+directories under a temporary directory, and a cookie of their own in a ``HOME`` of their
+own. The CLI tools (``rabbitmqctl``) run with the same ``HOME`` and with their
+distribution ports in 25740-25799.
 
 ``PrivateNode.start`` runs ``rabbitmq-server`` in the foreground as a child of the test
 process (so ``kill`` and ``SIGSTOP`` reach it by its process id) and waits until the node
@@ -37,20 +38,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "AMQPS_PORTS",
-    "AMQP_PORTS",
     "PrivateCluster",
     "PrivateNode",
     "TlsFiles",
+    "free_port",
     "make_tls_files",
     "rabbitmq_available",
 ]
 
-AMQP_PORTS = range(25600, 25650)
-AMQPS_PORTS = range(25650, 25670)
-DIST_PORTS = range(25700, 25740)
-CTL_DIST_PORTS = (25740, 25749)
-NAME_PREFIX = "rs-cluster"
+CTL_DIST_PORTS = (25740, 25799)
+NAME_PREFIX = f"rs-cluster-{os.getpid()}"
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port nobody listens on now, not given to another node of this run."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 _SBIN = Path("/usr/lib/rabbitmq/bin")
 #: Seconds a node may take to start (a cold start here is 3 to 6 s).
@@ -420,7 +429,8 @@ class PrivateNode:
 
 @dataclass
 class PrivateCluster:
-    """Private nodes ``rs-cluster-<first>`` .. ``<first + size - 1>``, clustered by ``start``."""
+    """Private nodes ``<NAME_PREFIX>-<first>`` .. ``-<first + size - 1>``, clustered by
+    ``start``."""
 
     nodes: list[PrivateNode]
     root: Path
@@ -442,9 +452,9 @@ class PrivateCluster:
                 index=first + i,
                 base=base / f"node{first + i}",
                 cookie=cookie,
-                amqp_port=AMQP_PORTS[first + i - 1],
-                dist_port=DIST_PORTS[first + i - 1],
-                amqps_port=AMQPS_PORTS[first + i - 1] if tls else None,
+                amqp_port=free_port(),
+                dist_port=free_port(),
+                amqps_port=free_port() if tls else None,
                 tls=files,
             )
             for i in range(size)
