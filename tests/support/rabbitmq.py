@@ -61,6 +61,7 @@ def free_port() -> int:
             _handed_out.add(port)
             return port
 
+
 _SBIN = Path("/usr/lib/rabbitmq/bin")
 #: Seconds a node may take to start (a cold start here is 3 to 6 s).
 START_TIMEOUT = 90.0
