@@ -20,9 +20,10 @@ from rabbitsocks.pubsub.hub import Hub
 from rabbitsocks.services import Services
 from rabbitsocks.stomp.destinations import Destination, DestinationRules
 from rabbitsocks.stomp.frames import StompError
-from rabbitsocks.stomp.heartbeat import Ticker
+from rabbitsocks.stomp.heartbeat import VISIT
 from rabbitsocks.stomp.messages import FanoutEncoder
 from rabbitsocks.stomp.options import Options
+from rabbitsocks.transports.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
     from rabbitsocks.brokers.amqp_channels import AmqpChannelPool
@@ -51,7 +52,7 @@ class StompServer:
         self.send_auth = send_auth
         self.subscribe_rules = DestinationRules(options.subscribe)
         self.send_rules = DestinationRules(options.send)
-        self.ticker = Ticker()
+        self.ticker = Heartbeat(VISIT)
         # The default broker's hub, checked now so that a misconfigured broker name is a
         # start-up error, not a SUBSCRIBE-time one.
         self.hub = services.hub(options.broker)

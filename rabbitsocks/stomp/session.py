@@ -231,8 +231,13 @@ class StompSession:
         if channel is not None:
             await channel.close()  # its consumers go; RabbitMQ requeues what was not acked
 
+    def heartbeat(self) -> None:
+        """Visited by the listener's ``Heartbeat`` once a second."""
+        if not self.tick(asyncio.get_running_loop().time()):
+            self._stop_ticking()
+
     def tick(self, now: float) -> bool:
-        """Visited by the listener's ``Ticker`` about once a second."""
+        """One visit at ``now``; False: nothing more to watch."""
         if self.closed or self.writer is None:
             return False
         if self.state is SessionState.AWAITING:
