@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_workers_socketio import CLIENTS, MESSAGES, crowd, line_of
+from tests.integration.test_workers_socketio import CLIENTS, MESSAGES
+from tests.support.crowd import everyone_gets
 from tests.support.docs import code_blocks
-from tests.support.pubsub import AmqpPublisher, amqp_url, free_port, unique
+from tests.support.pubsub import amqp_url, free_port, unique
 from tests.support.served import Served, serving
 
 PER_ADDRESS = 10
@@ -97,26 +98,10 @@ async def until_listening(port: int, proc: asyncio.subprocess.Process) -> None:
 
 
 async def everyone_gets_everything(front: int, servers: list[tuple[int, int, Served]]) -> None:
-    topic = unique("proxied")
-    clients = await crowd(
-        f"http://127.0.0.1:{front}", topic, MESSAGES, SOURCES, withCredentials=True
+    url = f"http://127.0.0.1:{front}"
+    result = await everyone_gets(
+        url, unique("proxied"), MESSAGES, CLIENTS, SOURCES, withCredentials=True
     )
-    try:
-        ready = await line_of(clients, 60)
-        assert "ready" in ready, ready
-        publisher = await AmqpPublisher.open(amqp_url())
-        try:
-            for i in range(MESSAGES):
-                await publisher.publish(topic, str(i).encode())
-        finally:
-            await publisher.close()
-        done = await line_of(clients, 60)
-    finally:
-        if clients.returncode is None:
-            clients.kill()
-        await clients.wait()
-    result = done["done"]
-    assert isinstance(result, dict)
     assert result["errors"] == []
     assert (result["complete"], result["received"]) == (CLIENTS, CLIENTS * MESSAGES)
     log = "".join(served.text for _, _, served in servers)

@@ -9,9 +9,7 @@ connect, join, get every message, and no request is refused by either worker.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,42 +17,14 @@ import aiohttp
 import pytest
 
 from tests.integration.test_workers import free_port_pair
-from tests.support.pubsub import AmqpPublisher, amqp_url, free_port, unique
-from tests.support.served import ROOT, serving
+from tests.support.crowd import everyone_gets
+from tests.support.pubsub import amqp_url, free_port, unique
+from tests.support.served import serving
 
 CLIENTS = 50
 MESSAGES = 20
 PASSED = r"rabbitsocks_worker_requests_passed_total\{[^}]*\} (\S+)"
 UNKNOWN_SESSIONS = r'rabbitsocks_errors_total\{[^}]*kind="unknown_session"\} (\S+)'
-
-
-async def crowd(
-    url: str, topic: str, count: int, sources: int = 0, n: int = CLIENTS, **extra: object
-) -> asyncio.subprocess.Process:
-    """``n`` socket.io-client clients (tests/support/sio_crowd.mjs), from ``sources``
-    addresses 127.0.0.2 and up when given, with ``extra`` client options."""
-    env = {
-        **os.environ,
-        "URL": url,
-        "N": str(n),
-        "TOPIC": topic,
-        "COUNT": str(count),
-        "EXTRA": json.dumps(extra),
-    }
-    if sources:
-        env["SOURCES"] = str(sources)
-    return await asyncio.create_subprocess_exec(
-        "node", str(ROOT / "tests" / "support" / "sio_crowd.mjs"),
-        env=env, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-
-
-async def line_of(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, object]:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    assert line, "the node clients exited early"
-    result: dict[str, object] = json.loads(line)
-    return result
 
 
 async def refused_sessions(admin: int, workers: int) -> float:
@@ -95,25 +65,9 @@ async def test_default_socketio_clients_on_two_workers(tmp_path: Path, clients: 
         f"brokers:\n  amqp: {{url: {json.dumps(amqp_url())}}}\n"
         f'admin: "127.0.0.1:{admin}"\n'
     )
-    topic = unique("crowd")
     async with serving(config, "--workers", "2", listening=2):
-        crowd_of = await crowd(f"http://127.0.0.1:{port}", topic, MESSAGES, n=clients)
-        try:
-            ready = await line_of(crowd_of, 60)
-            assert "ready" in ready
-            publisher = await AmqpPublisher.open(amqp_url())
-            try:
-                for i in range(MESSAGES):
-                    await publisher.publish(topic, str(i).encode())
-            finally:
-                await publisher.close()
-            done = await line_of(crowd_of, 60)
-        finally:
-            if crowd_of.returncode is None:
-                crowd_of.kill()
-            await crowd_of.wait()
-        result = done["done"]
-        assert isinstance(result, dict)
+        url = f"http://127.0.0.1:{port}"
+        result = await everyone_gets(url, unique("crowd"), MESSAGES, clients)
         assert result["errors"] == []
         assert (result["complete"], result["received"]) == (clients, clients * MESSAGES)
         assert await refused_sessions(admin, 2) == 0
