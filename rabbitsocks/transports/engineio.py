@@ -112,7 +112,7 @@ class EngineIO:
         session = Session(self, sid, request, slot)
         slot.owner = _SessionCloser(session)
         self.sessions[sid] = session
-        session._group = self.pings.add(session)
+        session.group = self.pings.add(session)
         return session
 
     def open_packet(self, session: Session, *, upgrades: bool) -> str:
@@ -128,9 +128,9 @@ class EngineIO:
 
     def forget(self, session: Session) -> None:
         self.sessions.pop(session.sid, None)
-        if session._group >= 0:
-            self.pings.discard(session, session._group)
-            session._group = -1
+        if session.group >= 0:
+            self.pings.discard(session, session.group)
+            session.group = -1
         if session.slot is not None:
             self.acceptor.gate.registry.release(session.slot)
             session.slot = None
@@ -319,7 +319,7 @@ class EngineIO:
     async def _get(
         self, request: web.Request, session: Session, cors: dict[str, str]
     ) -> web.Response:
-        if session._poll is not None:
+        if session.polled:
             # Two long-polls at once: engine.io closes the session (a confused client).
             self.fail(session, engineio.EngineIOError("overlapping long-poll requests"))
             return self._error(request, 400, BAD_REQUEST, "overlapping GET requests")
@@ -334,10 +334,10 @@ class EngineIO:
         if (request.content_length or 0) > limit:
             self.fail(session, engineio.EngineIOError(f"payload larger than {limit} bytes"))
             return self._error(request, 413, BAD_REQUEST, f"payload larger than {limit} bytes")
-        if session._posting:
+        if session.posting:
             self.fail(session, engineio.EngineIOError("overlapping POST requests"))
             return self._error(request, 400, BAD_REQUEST, "overlapping POST requests")
-        session._posting = True
+        session.posting = True
         try:
             chunks: list[bytes] = []
             size = 0
@@ -359,7 +359,7 @@ class EngineIO:
                 return self._error(request, 400, BAD_REQUEST, str(exc))
             await session.caught_up()  # a flood waits here: the client posts one at a time
         finally:
-            session._posting = False
+            session.posting = False
         return web.Response(text="ok", content_type="text/plain", headers=cors)
 
     async def _aiohttp_websocket(

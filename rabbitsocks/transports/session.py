@@ -72,18 +72,18 @@ class Session:
     """One Engine.IO session: its transport, its outbound packets, its ping."""
 
     __slots__ = (
-        "_group",
         "_paused",
         "_pinged_at",
         "_poll",
-        "_posting",
         "_queue",
         "_queued",
         "_resumed",
         "_wire",
         "closed",
+        "group",
         "idle_since",
         "namespaces",
+        "posting",
         "probe",
         "remote",
         "request",
@@ -110,11 +110,13 @@ class Session:
         self._queue: collections.deque[str | bytes] | None = None
         self._queued = 0
         self._poll: asyncio.Future[None] | None = None
-        self._posting = False
+        #: A POST of this session is being read (engine.io refuses a second at once).
+        self.posting = False
         self._paused = False
         self._resumed: asyncio.Event | None = None
         self._pinged_at = 0.0
-        self._group = -1
+        #: The group of the endpoint's ping ``Heartbeat`` it is in (-1: none).
+        self.group = -1
         self.idle_since = time.monotonic()
         self.namespaces: Namespaces = server.namespaces_for(self)
 
@@ -282,6 +284,11 @@ class Session:
             wire.abort(CLOSE_SLOW_CONSUMER, reason)
 
     # --- HTTP long-polling ---------------------------------------------------------------
+
+    @property
+    def polled(self) -> bool:
+        """A long-poll ``GET`` is waiting for packets."""
+        return self._poll is not None
 
     async def poll(self) -> bytes:
         """The packets of a long-poll ``GET``: waits until there are some."""
