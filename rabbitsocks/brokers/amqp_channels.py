@@ -152,7 +152,7 @@ class AmqpChannelPool:
                 await channel.initialize()
                 raw = await channel.get_underlay_channel()
         except BaseException as exc:
-            self._release(holder)
+            self.give_back(holder)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise BrokerUnavailable(f"cannot open an AMQP channel: {_reason(exc)}") from exc
@@ -164,7 +164,8 @@ class AmqpChannelPool:
                 return holder
         return None
 
-    def _release(self, holder: _Connection) -> None:
+    def give_back(self, holder: _Connection) -> None:
+        """A lease on ``holder`` ended: one channel fewer; an idle spare connection goes."""
         holder.channels -= 1
         if holder.channels > 0:
             return
@@ -242,7 +243,7 @@ class LeasedChannel:
     def _release(self) -> None:
         if not self._released:
             self._released = True
-            self._pool._release(self._holder)
+            self._pool.give_back(self._holder)
 
     def _error(self, what: str, exc: BaseException) -> BrokerError:
         if isinstance(exc, aiormq.exceptions.AMQPChannelError):
