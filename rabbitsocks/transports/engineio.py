@@ -208,7 +208,9 @@ class EngineIO:
             if refusal is not None:
                 return refusal
             session = self.sessions.get(query["sid"])
-            if session is None or session.on_websocket or session.upgrading:
+            # One upgrade WebSocket per session at a time: any other would be a connection
+            # the limits never counted, attached to a session that does not close it.
+            if session is None or session.on_websocket or session.probe is not None:
                 self.acceptor.stats.errors["unknown_session"] += 1
                 return Refusal(400, "", body=_error_body(UNKNOWN_SID, "Session ID unknown"))
             return session, False
@@ -226,6 +228,8 @@ class EngineIO:
         if direct:  # opened on this WebSocket: the open packet is its first message
             session.upgraded(wire)
             session.send(self.open_packet(session, upgrades=False))
+        else:  # the session's upgrade WebSocket: closed with it, until 5 makes it its wire
+            session.probe = wire
         return receiver
 
     # --- through aiohttp: polling, and WebSocket where aiohttp owns the connection -----------
@@ -383,6 +387,10 @@ class EngineIO:
             if direct:
                 session.close(None, "the handshake did not complete")
             return web.Response(status=400, text="the handshake did not complete\n")
+        if not direct and (session.closed or session.on_websocket or session.probe is not None):
+            # Another upgrade, or the session's end, came while this one was answered.
+            await ws.close(code=1008, message=b"Session ID unknown")
+            return ws
         wire = AiohttpWire(ws, request, self.acceptor.stats)
         receiver = self._attach(wire, session, direct)
         await wire.run(receiver)

@@ -104,7 +104,7 @@ class Session:
         self.slot = slot
         self.closed = False
         self.upgrading = False
-        #: The WebSocket of an upgrade under way (between the probe and ``5``).
+        #: The WebSocket of an upgrade under way (from its handshake to ``5``); one at most.
         self.probe: WebSocketWire | AiohttpWire | None = None
         self._wire: WebSocketWire | AiohttpWire | None = None  # once on WebSocket
         self._queue: collections.deque[str | bytes] | None = None
