@@ -54,6 +54,8 @@ BINARY_ACK = 6
 #: Attachments one binary packet may announce.
 MAX_ATTACHMENTS = 10
 _MAX_ACK_ID = 2**53  # what a JavaScript client can count to
+#: Nesting of a packet's JSON that can be written again (orjson's limit for dumps).
+MAX_DEPTH = 255
 _loads = orjson.loads
 _dumps = orjson.dumps
 
@@ -113,7 +115,9 @@ def event_frame(args: list[Any]) -> str | bytes:
         value = args
     try:
         return _dumps(value).decode("utf-8")
-    except TypeError:  # binary data inside an object: JSON cannot carry it
+    except TypeError as exc:  # binary data inside an object, or too deep to write again
+        if "ecursion" in str(exc):
+            raise SocketIOError(f"a packet nested deeper than {MAX_DEPTH} levels") from None
         raise SocketIOError("binary data inside an object or list") from None
 
 
@@ -131,16 +135,27 @@ def _read_int(text: str, start: int, limit: int) -> tuple[int | None, int]:
     return value, end
 
 
-def _replace_placeholders(value: Any, attachments: list[bytes]) -> Any:
+def _replace_placeholders(value: Any, attachments: list[bytes], depth: int = 0) -> Any:
+    # orjson parses 1,024 levels, past Python's recursion limit here: a binary packet
+    # nested deeper than JSON can be written again is refused before that.
+    if depth > MAX_DEPTH:
+        raise SocketIOError(f"a packet nested deeper than {MAX_DEPTH} levels")
+    depth += 1
     if isinstance(value, list):
-        return [_replace_placeholders(item, attachments) for item in value]
+        items = []
+        for item in value:  # a loop, not a comprehension: one frame per level
+            items.append(_replace_placeholders(item, attachments, depth))
+        return items
     if isinstance(value, dict):
         if value.get("_placeholder") is True:
             num = value.get("num")
             if type(num) is not int or not 0 <= num < len(attachments):
                 raise SocketIOError("a placeholder names no attachment")
             return attachments[num]
-        return {key: _replace_placeholders(item, attachments) for key, item in value.items()}
+        fields = {}
+        for key, item in value.items():
+            fields[key] = _replace_placeholders(item, attachments, depth)
+        return fields
     return value
 
 

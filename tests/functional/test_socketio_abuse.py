@@ -9,6 +9,7 @@ sockets (tests/support/rawws.py).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from rabbitsocks import Listener, start_listener
 from rabbitsocks.config import LimitsConfig, SocketIOConfig
 from tests.support.engineio import Poller
-from tests.support.rawws import OP_CLOSE, RawWebSocket
+from tests.support.rawws import OP_BINARY, OP_CLOSE, RawSocketIO, RawWebSocket
 
 
 @contextlib.asynccontextmanager
@@ -54,3 +55,26 @@ async def test_a_session_takes_one_upgrade_websocket_and_it_ends_with_the_sessio
             assert listener.connections == 0
         finally:
             probe.close()
+
+
+NESTED = "[" * 600 + '{"_placeholder":true,"num":0}' + "]" * 600
+
+
+async def test_a_deeply_nested_binary_event_is_refused_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A 2.4 KB binary event nested 600 deep made putting its attachment back recurse past
+    # Python's limit: a RecursionError escaped the protocol, asyncio logged "Fatal error"
+    # with a traceback of some 3,000 lines, and the client got no close frame.
+    caplog.set_level(logging.INFO)
+    async with pubsub() as listener:
+        raw = await RawSocketIO.connect(listener.port)
+        try:
+            await raw.ws.send_text(f'451-["message",{NESTED}]')
+            await raw.ws.send_frame(OP_BINARY, b"attachment")
+            frame = await raw.ws.recv_data()
+            assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1002), frame
+            assert "nested" in frame.close_reason, frame
+        finally:
+            raw.close()
+    assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
