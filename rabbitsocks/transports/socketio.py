@@ -97,8 +97,7 @@ class NamespaceTransport:
         if self._closed:
             return
         self._closed = True
-        session = self.session
-        session.send(engineio.MESSAGE + encode_disconnect(self.namespace))
+        self.namespaces.reply(encode_disconnect(self.namespace))
         self.namespaces.forget(self.namespace)
         if self.conn is not None:
             self.conn.finished(None)
@@ -143,16 +142,14 @@ class Namespaces:
                 return  # not (or no longer) connected: nothing to deliver it to
             args = packet.data
             if packet.id is not None:
-                self.session.send(engineio.MESSAGE + encode_ack(namespace, packet.id))
+                self.reply(encode_ack(namespace, packet.id))
             if args[0] == "message":
                 if len(args) < 2:
                     raise SocketIOError("a message event without data")
                 conn.received(event_frame(args[1:]))
         elif kind == CONNECT:
             if namespace in self.connections or namespace in self._connecting:
-                self.session.send(
-                    engineio.MESSAGE + encode_connect_error(namespace, "already connected")
-                )
+                self.reply(encode_connect_error(namespace, "already connected"))
                 return
             self._connecting.add(namespace)
             self.acceptor.spawn(self._connect(namespace))
@@ -189,16 +186,28 @@ class Namespaces:
             elif slot is not None:
                 acceptor.gate.registry.release(slot)
             self._idle()
-            session.send(engineio.MESSAGE + encode_connect_error(namespace, accepted.reason))
+            self.reply(encode_connect_error(namespace, accepted.reason))
             return
-        if session.closed:
+        if not session.closed:
+            self.reply(encode_connect(namespace, accepted.info.id))
+        if session.closed:  # meanwhile, or the client does not read its answers
             acceptor.refuse(accepted)
             return
         transport = NamespaceTransport(self, namespace)
-        session.send(engineio.MESSAGE + encode_connect(namespace, accepted.info.id))
         conn = acceptor.connect(accepted, transport)
         transport.conn = conn
         self.connections[namespace] = conn
+
+    def reply(self, packet: str) -> None:
+        """An answer of the Socket.IO layer (an ack, a connect or its error, a disconnect):
+        bounded like every frame the client is sent, so a client that asks for answers and
+        does not read them is closed as a slow consumer rather than buffered for."""
+        session = self.session
+        acceptor = self.acceptor
+        if not session.send(engineio.MESSAGE + packet, None, acceptor.max_outbound_bytes):
+            logger.warning("closing %s: slow consumer (outbound buffer full)", session.sid)
+            acceptor.stats.slow_consumers += 1
+            session.abort("slow consumer")
 
     def forget(self, namespace: str) -> None:
         if self.connections.pop(namespace, None) is not None:

@@ -18,7 +18,15 @@ import pytest
 from rabbitsocks import Listener, start_listener
 from rabbitsocks.config import LimitsConfig, SocketIOConfig
 from tests.support.engineio import Poller
-from tests.support.rawws import OP_BINARY, OP_CLOSE, RawSocketIO, RawWebSocket
+from tests.support.procfs import wait_until
+from tests.support.rawws import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_TEXT,
+    RawSocketIO,
+    RawWebSocket,
+    client_frame,
+)
 
 
 @contextlib.asynccontextmanager
@@ -78,3 +86,25 @@ async def test_a_deeply_nested_binary_event_is_refused_without_a_traceback(
         finally:
             raw.close()
     assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
+
+
+async def test_acknowledgements_count_against_the_outbound_bound() -> None:
+    # Acks (and other answers of the Socket.IO layer) were written with no bound: a client
+    # that asked for acks and never read them made the server buffer them all, 100 MB for
+    # 5 million events sent in 20 s, for as long as it answered pings.
+    limits = LimitsConfig(max_outbound_bytes=64 * 1024)
+    async with pubsub(limits=limits) as listener:
+        raw = await RawSocketIO.connect(listener.port, rcvbuf=4096)
+        try:
+            burst = b"".join(
+                client_frame(OP_TEXT, f'42{10**15 + i}["x"]'.encode()) for i in range(5000)
+            )
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # 500,000 acks, some 10 MB of them
+                    await raw.ws.send_raw(burst)
+                    if listener.stats.slow_consumers:
+                        break
+            await wait_until(lambda: listener.stats.slow_consumers == 1, 10, "a slow consumer")
+            await wait_until(lambda: listener.connections == 0, 5, "the session to end")
+        finally:
+            raw.close()
