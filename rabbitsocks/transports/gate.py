@@ -14,9 +14,9 @@ this order, are the same for all of them:
    the authorization endpoint does not answer within the handshake timeout.
 
 What counts as a connection: a bare WebSocket, a Socket.IO namespace connection, and an
-Engine.IO session that has no namespace connected yet (its first namespace takes over its
-slot). So a client cannot multiply connections past the limits with namespaces, nor hold
-memory with handshake-only sessions.
+Engine.IO session that has no namespace connected (its first namespace takes over its
+slot, its last namespace to leave gives it back). So a client cannot multiply connections
+past the limits with namespaces, nor hold memory with handshake-only sessions.
 
 For Socket.IO both steps pass the gate: the Engine.IO handshake (a refusal is its HTTP
 answer) and then each namespace connection (a refusal is a ``connect_error`` carrying the

@@ -20,7 +20,7 @@ import time
 from rabbitsocks.connection import Connection, ConnectRequest
 from rabbitsocks.frames import OP_TEXT, SharedFrame, encode_frame
 from rabbitsocks.transports.acceptor import Acceptor
-from rabbitsocks.transports.gate import Refusal
+from rabbitsocks.transports.gate import Refusal, Slot
 from rabbitsocks.transports.session import Session
 from rabbitsocks.wire import engineio
 from rabbitsocks.wire.socketio import (
@@ -156,7 +156,7 @@ class Namespaces:
         elif kind == DISCONNECT:
             conn = self.connections.pop(namespace, None)
             if conn is not None:
-                self._idle()
+                self._idle(conn)
                 conn.finished(None)
         # ACK and BINARY_ACK: we ask for none; nothing to do.
 
@@ -210,12 +210,31 @@ class Namespaces:
             session.abort("slow consumer")
 
     def forget(self, namespace: str) -> None:
-        if self.connections.pop(namespace, None) is not None:
-            self._idle()
+        conn = self.connections.pop(namespace, None)
+        if conn is not None:
+            self._idle(conn)
 
-    def _idle(self) -> None:
-        if not self.count:
-            self.session.idle_since = time.monotonic()
+    def _idle(self, leaving: Connection | None = None) -> None:
+        """A namespace left (``leaving``) or was refused. Once none is left, the session is
+        a session without a namespace again: counted as one (the slot of the connection
+        that left passes to it, or it takes a new one, or it closes) and expiring as one."""
+        session = self.session
+        if self.count or session.closed:
+            return
+        session.idle_since = time.monotonic()
+        if session.slot is not None:
+            return
+        if leaving is not None and isinstance(leaving.ticket, Slot):
+            slot = leaving.ticket
+            leaving.ticket = None  # the session's now: not released at its terminate
+        else:
+            taken = self.acceptor.gate.take_slot(session.remote)
+            if isinstance(taken, Refusal):
+                session.close(None, taken.reason)
+                return
+            slot = taken
+        slot.owner = session
+        session.slot = slot
 
     def finish(self, code: int | None) -> None:
         """The session is over: every namespace connection with it."""

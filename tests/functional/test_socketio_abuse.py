@@ -108,3 +108,30 @@ async def test_acknowledgements_count_against_the_outbound_bound() -> None:
             await wait_until(lambda: listener.connections == 0, 5, "the session to end")
         finally:
             raw.close()
+
+
+async def test_a_session_whose_namespaces_all_left_counts_until_it_expires() -> None:
+    # The first namespace takes over the session's slot, and released it when it left: the
+    # session lived on uncounted until it expired. Connect, disconnect, repeat: 100 live
+    # sessions from one address under a limit of 10.
+    async with pubsub(
+        limits=LimitsConfig(max_connections_per_address=2, handshake_timeout=1.0),
+        socketio=SocketIOConfig(ping_interval=0.2, ping_timeout=0.2),
+    ) as listener:
+        pollers = [Poller(listener.port) for _ in range(3)]
+        try:
+            for poller in pollers[:2]:
+                assert (await poller.handshake())[0] == 200
+                assert (await poller.connect("/")).startswith("40{")
+                assert (await poller.post("41"))[0] == 200
+            closed = listener.stats.closed
+            await wait_until(lambda: closed["socketio"] == 2, 5, "the namespaces to end")
+            assert listener.connections == 2  # the two sessions, again without a namespace
+            status, body = await pollers[2].handshake()
+            assert (status, body) == (503, "too many connections from your address\n")
+            # ... until they expire like any session without a namespace.
+            await wait_until(lambda: listener.connections == 0, 5, "the sessions to expire")
+            assert (await pollers[2].handshake())[0] == 200
+        finally:
+            for poller in pollers:
+                await poller.close()
