@@ -316,7 +316,8 @@ class LimitsConfig:
     max_connections: int = field(default=20_000, metadata=at_least(1))
     #: Open connections from one remote address; more are refused with HTTP 503.
     max_connections_per_address: int = field(default=1_000, metadata=at_least(1))
-    #: Seconds a client has to send its handshake request, and the server to authorize it.
+    #: Seconds a client has to send its handshake request (and a polling POST its body),
+    #: and the server to authorize it.
     handshake_timeout: float = field(default=10.0, metadata=above(0))
 
     #: Bytes queued for one peer before it is closed as a slow consumer (4008).

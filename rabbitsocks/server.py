@@ -190,8 +190,10 @@ class Listener:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=1.0,
-            # aiohttp closes a kept-alive connection idle for this long.
+            # aiohttp closes a kept-alive connection idle for this long, and reads the rest of
+            # a body it did not need (a refused POST's) for at most this long.
             keepalive_timeout=self.config.limits.handshake_timeout,
+            lingering_time=self.config.limits.handshake_timeout,
         )
         await runner.setup()
         server = runner.server

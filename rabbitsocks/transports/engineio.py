@@ -345,12 +345,23 @@ class EngineIO:
         try:
             chunks: list[bytes] = []
             size = 0
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    self.fail(session, engineio.EngineIOError(f"payload larger than {limit} bytes"))
-                    return self._error(request, 413, BAD_REQUEST, "payload too large")
-                chunks.append(chunk)
+            # The body within the handshake timeout, as the head of every request: a client
+            # that announces more than it sends would hold the connection for ever.
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    async for chunk in request.content.iter_any():
+                        size += len(chunk)
+                        if size > limit:
+                            too_large = engineio.EngineIOError(f"payload larger than {limit} bytes")
+                            self.fail(session, too_large)
+                            return self._error(request, 413, BAD_REQUEST, "payload too large")
+                        chunks.append(chunk)
+            except TimeoutError:
+                late = f"payload not received within {self.handshake_timeout:g}s"
+                self.fail(session, engineio.EngineIOError(late))
+                response = self._error(request, 408, BAD_REQUEST, late)
+                response.force_close()
+                return response
             try:
                 for packet in engineio.decode_payload(
                     b"".join(chunks), self.settings.max_packets_per_payload

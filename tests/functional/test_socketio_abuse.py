@@ -8,6 +8,7 @@ sockets (tests/support/rawws.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -135,3 +136,31 @@ async def test_a_session_whose_namespaces_all_left_counts_until_it_expires() -> 
         finally:
             for poller in pollers:
                 await poller.close()
+
+
+async def test_a_polling_post_whose_body_never_comes_is_answered_and_closed() -> None:
+    # A POST announcing more body than it sends was waited for with no deadline, after
+    # its session had expired too: 26 such connections held from one address (limit 10),
+    # counted nowhere, until the client chose to leave.
+    async with (
+        pubsub(
+            limits=LimitsConfig(handshake_timeout=0.5),
+            socketio=SocketIOConfig(ping_interval=0.2, ping_timeout=0.2),
+        ) as listener,
+        Poller(listener.port) as poller,
+    ):
+        assert (await poller.handshake())[0] == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        try:
+            target = poller.url.removeprefix(f"http://127.0.0.1:{listener.port}")
+            writer.write(
+                f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                "Content-Length: 1000\r\n\r\n40".encode()
+            )
+            async with asyncio.timeout(5):
+                status = await reader.readline()
+                assert status.split()[1] == b"408", status
+                await reader.read()  # then the server ends the connection
+            await wait_until(lambda: listener.connections == 0, 5, "the session to close")
+        finally:
+            writer.close()
