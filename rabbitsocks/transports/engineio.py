@@ -362,6 +362,12 @@ class EngineIO:
                 response = self._error(request, 408, BAD_REQUEST, late)
                 response.force_close()
                 return response
+            except (ConnectionError, RuntimeError):
+                # The client left in the middle of its body: aiohttp raises either (its
+                # "Connection closed."). Nothing to answer; the session carries on.
+                if not _gone(request):
+                    raise
+                return web.Response(status=400, text="the request body did not arrive\n")
             try:
                 for packet in engineio.decode_payload(
                     b"".join(chunks), self.settings.max_packets_per_payload
@@ -406,6 +412,12 @@ class EngineIO:
         receiver = self._attach(wire, session, direct)
         await wire.run(receiver)
         return ws
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client of ``request`` has left."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 class _SessionCloser:

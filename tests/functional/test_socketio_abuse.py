@@ -164,3 +164,29 @@ async def test_a_polling_post_whose_body_never_comes_is_answered_and_closed() ->
             await wait_until(lambda: listener.connections == 0, 5, "the session to close")
         finally:
             writer.close()
+
+
+async def test_a_client_that_leaves_in_the_middle_of_a_post_is_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiohttp raises ConnectionResetError (or RuntimeError) from the body of a request
+    # whose client left: it escaped the handler and aiohttp logged "Error handling request"
+    # with a traceback, once per such POST.
+    caplog.set_level(logging.INFO)
+    async with pubsub() as listener, Poller(listener.port) as poller:
+        assert (await poller.handshake())[0] == 200
+        target = poller.url.removeprefix(f"http://127.0.0.1:{listener.port}")
+        session = listener.engineio.sessions[poller.sid]  # type: ignore[union-attr,index]
+        for pause in (False, True):
+            _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            writer.write(
+                f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                "Content-Length: 1000\r\n\r\n40".encode()
+            )
+            if pause:  # the handler is waiting for the rest when the client goes
+                await wait_until(lambda: session.posting, 5, "the POST to be read")
+            writer.close()
+            await writer.wait_closed()
+        # The session is still there, and answers.
+        assert (await poller.connect("/")).startswith("40{")
+    assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
