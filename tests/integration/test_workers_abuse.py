@@ -1,0 +1,71 @@
+"""``serve --workers 2`` attacked through its session affinity (transports/affinity.py):
+requests naming the other worker's sessions, connections that close at once, bodies that
+never come. Each test failed on the code before its fix.
+
+Session ids name their worker by their first character ("0..." or "1..."): a client can
+make any request go to either worker, whichever accepted its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.pubsub import free_port
+from tests.support.served import Served, serving
+
+HANDSHAKE_TIMEOUT = 1.0
+
+
+@contextlib.asynccontextmanager
+async def two_workers(tmp_path: Path) -> AsyncIterator[tuple[int, Served, list[int]]]:
+    """Two workers on the memory broker (nothing here needs messages to cross them): the
+    port, the process, and the workers' pids."""
+    port = free_port()
+    config = tmp_path / "workers.yaml"
+    config.write_text(
+        f'listeners:\n  - interface: "127.0.0.1:{port}"\n'
+        f"    limits: {{handshake_timeout: {HANDSHAKE_TIMEOUT}}}\n"
+        "log: {level: info}\n"
+    )
+    async with serving(config, "--workers", "2", listening=2) as served:
+        found = re.search(r"started 2 workers: pids (\d+) (\d+)", served.text)
+        assert found, served.text
+        yield port, served, [int(pid) for pid in found.groups()]
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send ``request``, read the whole answer (the server ends the connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def poll(sid: str, *, close: bool = True) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\n{connection}\r\n"
+    ).encode()
+
+
+@pytest.mark.slow
+async def test_a_request_for_the_other_worker_moves_its_socket(tmp_path: Path) -> None:
+    # Python 3.11's socket.send_fds drops its address argument: every hand-off failed with
+    # ENOTCONN, logged a line and fell back to a relay through the worker that accepted.
+    async with two_workers(tmp_path) as (port, served, _):
+        for i in range(20):
+            for worker in "01":  # whichever worker accepts, half go to the other one
+                answer = await exchange(port, poll(f"{worker}nosuchsession{i}"))
+                assert answer.startswith(b"HTTP/1.1 400 "), answer
+                assert b"Session ID unknown" in answer, answer
+        assert "could not hand a connection" not in served.text, served.text[-2000:]
