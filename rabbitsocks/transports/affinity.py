@@ -224,7 +224,7 @@ class Affinity:
         """Pipe ``tcp`` (reading paused) to ``owner``'s internal socket for good."""
         loop = asyncio.get_running_loop()
         try:
-            internal, _ = await loop.create_unix_connection(
+            internal, back = await loop.create_unix_connection(
                 lambda: _Pipe(tcp), self.path(owner, "http")
             )
         except OSError as exc:
@@ -236,7 +236,9 @@ class Affinity:
             family, zero = ("TCP6", "::") if ":" in client else ("TCP4", "0.0.0.0")
             internal.write(f"PROXY {family} {client} {zero} 0 0\r\n".encode())
         internal.write(data)
-        tcp.set_protocol(_Pipe(internal))
+        forth = _Pipe(internal)
+        forth.reverse, back.reverse = back, forth
+        tcp.set_protocol(forth)
         tcp.resume_reading()
 
     # --- forward (HTTP) --------------------------------------------------------------------
@@ -276,21 +278,31 @@ class Affinity:
 
 class _Pipe(asyncio.Protocol):
     """One direction of a relay: what its transport reads is written to ``other``. When its
-    own transport cannot write fast enough, ``other`` (which feeds it) stops being read."""
+    own transport cannot write fast enough, ``other`` (which feeds it) stops being read.
 
-    __slots__ = ("other",)
+    An end of stream is passed on as one (a half-close) while the other direction may
+    still carry an answer; once both directions have ended, both transports are closed
+    (asyncio never closes a transport whose protocol kept it open at end of stream)."""
+
+    __slots__ = ("ended", "other", "reverse")
 
     def __init__(self, other: asyncio.Transport) -> None:
         self.other = other
+        #: The pipe of the other direction.
+        self.reverse: _Pipe | None = None
+        self.ended = False
 
     def data_received(self, data: bytes) -> None:
         self.other.write(data)
 
     def eof_received(self) -> bool:
-        if self.other.can_write_eof():
+        self.ended = True
+        reverse = self.reverse
+        if (reverse is None or not reverse.ended) and self.other.can_write_eof():
             self.other.write_eof()
-            return True
-        return False
+            return True  # the other direction goes on
+        self.other.close()
+        return False  # asyncio closes ours
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.other.close()

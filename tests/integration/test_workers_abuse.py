@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procfs import wait_until
 from tests.support.pubsub import free_port
 from tests.support.served import Served, serving
 
@@ -37,6 +38,10 @@ async def two_workers(tmp_path: Path) -> AsyncIterator[tuple[int, Served, list[i
         found = re.search(r"started 2 workers: pids (\d+) (\d+)", served.text)
         assert found, served.text
         yield port, served, [int(pid) for pid in found.groups()]
+
+
+def descriptors(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
 async def exchange(port: int, request: bytes) -> bytes:
@@ -69,3 +74,27 @@ async def test_a_request_for_the_other_worker_moves_its_socket(tmp_path: Path) -
                 assert answer.startswith(b"HTTP/1.1 400 "), answer
                 assert b"Session ID unknown" in answer, answer
         assert "could not hand a connection" not in served.text, served.text[-2000:]
+
+
+@pytest.mark.slow
+async def test_relayed_connections_leave_nothing_behind(tmp_path: Path) -> None:
+    # A first request too large to hand over (64 KiB read with its head) is relayed; a
+    # relay whose two ends both finished (the client's FIN, the owner's) was never closed:
+    # 2 descriptors held for ever, per connection, in the worker that passed it on.
+    body = b"x" * (70 * 1024)
+    async with two_workers(tmp_path) as (port, _, pids):
+        before = [descriptors(pid) for pid in pids]
+        for i in range(50):
+            for worker in "01":
+                request = (
+                    f"POST /socket.io/?EIO=4&transport=polling&sid={worker}nosuch{i} HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                answer = await exchange(port, request + body)
+                assert b"Session ID unknown" in answer, answer
+        for pid, count in zip(pids, before, strict=True):
+            await wait_until(
+                lambda pid=pid, count=count: descriptors(pid) <= count + 2,  # type: ignore[misc]
+                5,
+                f"worker {pid} to hold no more descriptors than before",
+            )
