@@ -243,8 +243,11 @@ class Affinity:
 
     # --- forward (HTTP) --------------------------------------------------------------------
 
-    async def forward(self, request: web.Request, owner: int, client: str) -> web.StreamResponse:
-        """Make ``request`` again to ``owner`` and answer with its response."""
+    async def forward(
+        self, request: web.Request, owner: int, client: str, *, timeout: float
+    ) -> web.StreamResponse:
+        """Make ``request`` again to ``owner`` and answer with its response. The body must
+        arrive within ``timeout`` seconds (408 otherwise)."""
         session = self._sessions.get(owner)
         if session is None or session.closed:
             session = self._sessions[owner] = aiohttp.ClientSession(
@@ -254,7 +257,19 @@ class Affinity:
             )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers[CLIENT_HEADER] = client
-        body = await request.read() if request.can_read_body else None
+        try:
+            async with asyncio.timeout(timeout):
+                body = await request.read() if request.can_read_body else None
+        except TimeoutError:
+            late = web.Response(status=408, text=f"request body not received within {timeout:g}s\n")
+            late.force_close()
+            return late
+        except (ConnectionError, RuntimeError):
+            # The client left in the middle of its body (aiohttp raises either).
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                raise
+            return web.Response(status=400, text="the request body did not arrive\n")
         self.passed["forward"] += 1
         try:
             async with session.request(

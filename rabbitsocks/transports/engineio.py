@@ -275,7 +275,9 @@ class EngineIO:
             owner = affinity.foreign(query.get("sid"))
             if owner is not None:
                 client = self.acceptor.addresses.resolve(request.transport, request.headers)
-                return await affinity.forward(request, owner, client)
+                return await affinity.forward(
+                    request, owner, client, timeout=self.handshake_timeout
+                )
         connect = ConnectRequest(
             path=request.path,
             transport="socketio",

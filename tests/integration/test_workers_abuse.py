@@ -98,3 +98,35 @@ async def test_relayed_connections_leave_nothing_behind(tmp_path: Path) -> None:
                 5,
                 f"worker {pid} to hold no more descriptors than before",
             )
+
+
+@pytest.mark.slow
+async def test_a_forwarded_post_whose_body_never_comes_is_answered(tmp_path: Path) -> None:
+    # A later request on a kept-alive connection is forwarded over HTTP; its body was read
+    # with no deadline (a connection held for as long as the client liked), and a client
+    # that left in the middle of it made aiohttp log a traceback.
+    async with two_workers(tmp_path) as (port, served, _):
+        # The client that leaves goes first: by the other one's 408, a second later, its
+        # request has long been handled.
+        for leave in (True, False):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+                opened = await reader.readexactly(length)
+                other = "1" if b'"sid":"0' in opened else "0"  # the worker that did not answer
+                writer.write(
+                    f"POST /socket.io/?EIO=4&transport=polling&sid={other}nosuch HTTP/1.1\r\n"
+                    "Host: x\r\nContent-Length: 1000\r\n\r\n40".encode()
+                )
+                if leave:
+                    await writer.drain()
+                    continue
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT + 5):
+                    status = await reader.readline()
+                    assert status.split()[1] == b"408", status
+                    await reader.read()  # and the connection ends
+            finally:
+                writer.close()
+    assert "Traceback" not in served.text, served.text[-3000:]
