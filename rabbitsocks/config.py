@@ -214,7 +214,8 @@ class SocketIOConfig:
     #: Engine.IO ping interval and timeout, in seconds.
     ping_interval: float = field(default=25.0, metadata=above(0))
     ping_timeout: float = field(default=20.0, metadata=above(0))
-    #: Largest Engine.IO message or polling payload accepted from a client, in bytes.
+    #: Largest Engine.IO message or polling payload accepted from a client, in bytes (and
+    #: largest total of one binary packet's attachments).
     max_frame_size: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Engine.IO packets one polling request may carry.
     max_packets_per_payload: int = field(default=64, metadata=at_least(1))

@@ -124,7 +124,7 @@ class Namespaces:
         self.session = session
         self.connections: dict[str, Connection] = {}
         self._connecting: set[str] = set()
-        self._reader = PacketReader()
+        self._reader = PacketReader(acceptor.socketio.max_frame_size)
 
     @property
     def count(self) -> int:

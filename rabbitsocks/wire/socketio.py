@@ -162,11 +162,15 @@ def _replace_placeholders(value: Any, attachments: list[bytes], depth: int = 0) 
 class PacketReader:
     """Client packets from Engine.IO messages, binary attachments reassembled."""
 
-    __slots__ = ("_attachments", "_pending")
+    __slots__ = ("_attachments", "_pending", "_size", "max_size")
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int = 1 << 62) -> None:
+        #: Bytes the attachments of one packet may hold together (each is one message,
+        #: which the transport bounds; a packet may announce ``MAX_ATTACHMENTS``).
+        self.max_size = max_size
         self._pending: tuple[Packet, int] | None = None  # a binary packet and its count
         self._attachments: list[bytes] = []
+        self._size = 0
 
     def feed(self, message: str | bytes) -> Packet | None:
         """The complete packet ``message`` ends, or ``None`` while attachments are due."""
@@ -174,10 +178,14 @@ class PacketReader:
             if self._pending is None:
                 raise SocketIOError("binary data without a binary packet")
             packet, count = self._pending
+            self._size += len(message)
+            if self._size > self.max_size:
+                raise SocketIOError(f"binary attachments larger than {self.max_size} bytes")
             self._attachments.append(message)
             if len(self._attachments) < count:
                 return None
             attachments, self._attachments, self._pending = self._attachments, [], None
+            self._size = 0
             data = _replace_placeholders(packet.data, attachments)
             return Packet(packet.type, packet.namespace, data, packet.id)
         if self._pending is not None:

@@ -82,6 +82,8 @@ async def test_a_deeply_nested_binary_event_is_refused_without_a_traceback(
             await raw.ws.send_text(f'451-["message",{NESTED}]')
             await raw.ws.send_frame(OP_BINARY, b"attachment")
             frame = await raw.ws.recv_data()
+            while frame.opcode == OP_TEXT and frame.text == "2":  # an Engine.IO ping
+                frame = await raw.ws.recv_data()
             assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1002), frame
             assert "nested" in frame.close_reason, frame
         finally:
@@ -190,3 +192,21 @@ async def test_a_client_that_leaves_in_the_middle_of_a_post_is_no_traceback(
         # The session is still there, and answers.
         assert (await poller.connect("/")).startswith("40{")
     assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
+
+
+async def test_binary_attachments_are_bounded_together_by_max_frame_size() -> None:
+    # Each attachment was bounded by socketio.max_frame_size, but one packet may announce
+    # ten: a client held 10 MiB per session, never delivered, under a 1 MiB setting.
+    async with pubsub(socketio=SocketIOConfig(max_frame_size=64 * 1024)) as listener:
+        raw = await RawSocketIO.connect(listener.port)
+        try:
+            await raw.ws.send_text('4510-["message",{"_placeholder":true,"num":0}]')
+            for _ in range(2):  # each within the limit, together beyond it
+                await raw.ws.send_frame(OP_BINARY, b"x" * (40 * 1024))
+            frame = await raw.ws.recv_data()
+            while frame.opcode == OP_TEXT and frame.text == "2":  # an Engine.IO ping
+                frame = await raw.ws.recv_data()
+            assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1002), frame
+            assert "attachments larger than 65536 bytes" in frame.close_reason, frame
+        finally:
+            raw.close()
