@@ -173,7 +173,7 @@ class Close:
 Event = Message | Ping | Pong | Close
 
 
-def unmask(data: bytes | bytearray, mask: bytes) -> bytes:
+def unmask(data: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (section 5.3): one big-integer
     operation in C rather than a loop over bytes in Python."""
     length = len(data)
@@ -205,7 +205,8 @@ class WebSocketProtocol:
         #: Largest message accepted, in bytes (fragments included); larger closes with 1009.
         self.max_size = max_size
         self.state = State.OPEN
-        self._buffer = b""
+        #: Bytes of an incomplete frame; ``None`` when there are none (most of the time).
+        self._buffer: bytearray | None = None
         self._opcode = 0  # of the fragmented message in progress, 0 when none
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
@@ -213,7 +214,14 @@ class WebSocketProtocol:
     def receive(self, data: bytes) -> list[Event]:
         """The events in what the client sent; raises ``WebSocketError`` on a protocol
         error (the events before it are lost with the connection)."""
-        buffer = self._buffer + data if self._buffer else data
+        # A partial frame grows in place: joining it to each new piece would copy it whole
+        # every time, quadratic in its size for a frame sent in small segments.
+        buffer: bytes | bytearray
+        if self._buffer is not None:
+            buffer = self._buffer
+            buffer += data
+        else:
+            buffer = data
         events: list[Event] = []
         position = 0
         size = len(buffer)
@@ -259,9 +267,14 @@ class WebSocketProtocol:
             if event is not None:
                 events.append(event)
                 if isinstance(event, Close):  # nothing after a close frame counts
-                    self._buffer = b""
+                    self._buffer = None
                     return events
-        self._buffer = buffer[position:] if position < size else b""
+        if position >= size:
+            self._buffer = None
+        elif buffer is self._buffer:
+            del buffer[:position]
+        else:
+            self._buffer = bytearray(memoryview(buffer)[position:])
         return events
 
     def _frame(self, opcode: int, fin: bool, payload: bytes) -> Event | None:
