@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from rabbitsocks.stomp.frames import FrameParser
 from rabbitsocks.wire.websocket import Message, WebSocketProtocol
 from tests.support.rawws import OP_BINARY, client_frame
 
@@ -36,3 +37,21 @@ def test_a_websocket_message_in_small_segments() -> None:
         events += protocol.receive(piece)
         assert time.monotonic() - start < DEADLINE, "reassembly is not linear"
     assert events == [Message(payload)]
+
+
+def test_a_stomp_frame_in_small_messages() -> None:
+    body = b"x" * SIZE
+    frames = [
+        b"SEND\ndestination:/topic/a\ncontent-length:%d\n\n" % SIZE + body + b"\x00",
+        b"SEND\ndestination:/topic/b\n\n" + body + b"\x00",  # ends at its NUL
+    ]
+    for frame in frames:
+        parser = FrameParser(max_frame_size=SIZE + 1024, max_headers=10)
+        parsed = []
+        start = time.monotonic()
+        for piece in trickle(frame):
+            parsed += parser.feed(piece)
+            assert time.monotonic() - start < DEADLINE, "reassembly is not linear"
+        assert [(f.command, len(f.body)) for f in parsed] == [("SEND", SIZE)]
+        assert parsed[0].body == body
+        assert parser.buffered == 0
