@@ -2,9 +2,10 @@
 
 Without a proxy it is the TCP peer. Behind proxies listed in ``trusted_proxies`` it is what
 they say (``wire.proxy``): the PROXY protocol header at the start of the connection (with
-``proxy_protocol``), then ``Forwarded`` or ``X-Forwarded-For``, walked from the right past
-every trusted proxy. What anybody else says about addresses is ignored, so a client cannot
-pick its own address for the per-address limit.
+``proxy_protocol``), then ``Forwarded`` and ``X-Forwarded-For``, walked from the right past
+every trusted proxy (when the two name different clients, the proxy is the client: one
+of them was written by the client). What anybody else says about addresses is ignored, so
+a client cannot pick its own address for the per-address limit.
 
 The internal connections of ``serve --workers`` (a request handed to the worker that owns
 its Socket.IO session, see ``transports.affinity``) carry the client's address themselves:
@@ -19,7 +20,7 @@ import weakref
 from collections.abc import Sequence
 
 from rabbitsocks.transports import peer_address
-from rabbitsocks.wire.proxy import Headers, client_address, forwarded_for
+from rabbitsocks.wire.proxy import Headers, client_of, forwarding_chains
 
 __all__ = ["CLIENT_HEADER", "ClientAddresses"]
 
@@ -68,4 +69,4 @@ class ClientAddresses:
         peer = self.proxied.get(transport) or peer_address(transport)
         if not self.networks or not self.trusted(peer):
             return peer
-        return client_address(peer, forwarded_for(headers), self.trusted)
+        return client_of(peer, forwarding_chains(headers), self.trusted)

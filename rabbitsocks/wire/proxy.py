@@ -10,7 +10,9 @@ of three ways, each trusted only when the proxy itself is (see ``transports.acce
 
 ``client_address`` walks a forwarding chain from the right, past every trusted proxy, to
 the first address that is not one: the client. Addresses a client wrote itself at the left
-of the chain are never believed past an untrusted hop.
+of the chain are never believed past an untrusted hop, and a header the client wrote
+whole (the one its proxy does not use) is never believed against the other
+(``client_of``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ __all__ = [
     "PROXY_V2_SIGNATURE",
     "ProxyHeaderError",
     "client_address",
-    "forwarded_for",
+    "client_of",
+    "forwarding_chains",
     "parse_proxy_header",
 ]
 
@@ -113,24 +116,26 @@ class Headers(Protocol):
     def getall(self, key: str, default: Any) -> Sequence[str]: ...
 
 
-def forwarded_for(headers: Headers) -> list[str | None]:
-    """The chain of client addresses a request's forwarding headers claim, left (the
-    original client) to right (the last proxy's client); ``Forwarded`` wins over
-    ``X-Forwarded-For`` when both are present."""
+def forwarding_chains(headers: Headers) -> list[list[str | None]]:
+    """The chains of client addresses a request's forwarding headers claim, one per header
+    present (``Forwarded``, then ``X-Forwarded-For``), each left (the original client) to
+    right (the last proxy's client)."""
     getall = headers.getall
-    chain: list[str | None] = []
+    chains: list[list[str | None]] = []
     forwarded = getall("Forwarded", ())
     if forwarded:
+        chain: list[str | None] = []
         for value in forwarded:
             for element in value.split(","):
                 for pair in element.split(";"):
                     name, _, node = pair.partition("=")
                     if name.strip().lower() == "for":
                         chain.append(_node(node))
-        return chain
-    for value in getall("X-Forwarded-For", ()):
-        chain.extend(_node(part) for part in value.split(","))
-    return chain
+        chains.append(chain)
+    forwarded_for = getall("X-Forwarded-For", ())
+    if forwarded_for:
+        chains.append([_node(part) for value in forwarded_for for part in value.split(",")])
+    return chains
 
 
 def client_address(peer: str, chain: Sequence[str | None], trusted: Callable[[str], bool]) -> str:
@@ -144,3 +149,18 @@ def client_address(peer: str, chain: Sequence[str | None], trusted: Callable[[st
             return address
         address = hop
     return address
+
+
+def client_of(
+    peer: str, chains: Sequence[Sequence[str | None]], trusted: Callable[[str], bool]
+) -> str:
+    """The client's address from every forwarding header of a request (``client_address``
+    of each chain). A proxy appends to one header and passes the other on as the client
+    wrote it (nginx sets ``X-Forwarded-For`` and forwards a client's ``Forwarded``; a proxy
+    using ``Forwarded`` does the reverse), and which one ours wrote cannot be told from the
+    request: when the headers name different clients, neither is believed and the client
+    is ``peer``, the proxy itself."""
+    clients = {client_address(peer, chain, trusted) for chain in chains}
+    if len(clients) == 1:
+        return clients.pop()
+    return peer

@@ -83,8 +83,12 @@ async def test_forwarded_headers_from_a_trusted_proxy_name_the_client(
     # What the client wrote itself, left of the address our proxy saw, is not believed.
     chain = "X-Forwarded-For: 1.1.1.1, 203.0.113.9\r\n"
     assert await remote_seen(port, headers=chain) == "203.0.113.9"
-    forwarded = 'Forwarded: for="[2001:db8::7]:4711"\r\nX-Forwarded-For: 9.9.9.9\r\n'
+    forwarded = 'Forwarded: for="[2001:db8::7]:4711"\r\n'
     assert await remote_seen(port, headers=forwarded) == "2001:db8::7"
+    # Both, naming different clients: one was written by the client (behind nginx, which
+    # appends to X-Forwarded-For and passes Forwarded on): neither is believed.
+    both = forwarded + "X-Forwarded-For: 9.9.9.9\r\n"
+    assert await remote_seen(port, headers=both) == "127.0.0.1"
 
 
 async def test_forwarded_headers_from_anybody_else_are_ignored() -> None:

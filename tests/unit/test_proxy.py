@@ -12,7 +12,8 @@ from rabbitsocks.wire.proxy import (
     PROXY_V2_SIGNATURE,
     ProxyHeaderError,
     client_address,
-    forwarded_for,
+    client_of,
+    forwarding_chains,
     parse_proxy_header,
 )
 
@@ -74,20 +75,18 @@ def headers(**fields: str) -> CIMultiDict[str]:
     return CIMultiDict((name.replace("_", "-"), value) for name, value in fields.items())
 
 
-def test_forwarded_wins_over_x_forwarded_for() -> None:
-    chain = forwarded_for(
+def test_each_forwarding_header_is_a_chain() -> None:
+    chains = forwarding_chains(
         headers(
             Forwarded='for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711", for=unknown',
             X_Forwarded_For="203.0.113.1",
         )
     )
-    assert chain == ["192.0.2.60", "2001:db8:cafe::17", None]
-    assert forwarded_for(headers(X_Forwarded_For="203.0.113.1, 10.0.0.2:80, junk")) == [
-        "203.0.113.1",
-        "10.0.0.2",
-        None,
+    assert chains == [["192.0.2.60", "2001:db8:cafe::17", None], ["203.0.113.1"]]
+    assert forwarding_chains(headers(X_Forwarded_For="203.0.113.1, 10.0.0.2:80, junk")) == [
+        ["203.0.113.1", "10.0.0.2", None]
     ]
-    assert forwarded_for(headers()) == []
+    assert forwarding_chains(headers()) == []
 
 
 TRUSTED = ipaddress.ip_network("10.0.0.0/8")
@@ -112,3 +111,22 @@ def test_the_client_is_the_first_untrusted_hop_from_the_right(
     peer: str, chain: list[str | None], client: str
 ) -> None:
     assert client_address(peer, chain, trusted) == client
+
+
+@pytest.mark.parametrize(
+    ("chains", "client"),
+    [
+        ([], "10.0.0.1"),
+        ([["203.0.113.7"]], "203.0.113.7"),
+        ([["203.0.113.7"], ["203.0.113.7"]], "203.0.113.7"),  # both headers, one client
+        ([["198.51.100.1", "203.0.113.7"], ["203.0.113.7"]], "203.0.113.7"),
+        # Forwarded as the client wrote it, X-Forwarded-For as nginx appended to it (or the
+        # reverse behind a proxy that writes Forwarded): neither can be believed.
+        ([["198.51.100.99"], ["203.0.113.7"]], "10.0.0.1"),
+        ([["203.0.113.7"], ["198.51.100.99", "203.0.113.7"]], "203.0.113.7"),
+    ],
+)
+def test_headers_that_disagree_are_not_believed(
+    chains: list[list[str | None]], client: str
+) -> None:
+    assert client_of("10.0.0.1", chains, trusted) == client
