@@ -208,7 +208,9 @@ class WebSocketProtocol:
         #: Bytes of an incomplete frame; ``None`` when there are none (most of the time).
         self._buffer: bytearray | None = None
         self._opcode = 0  # of the fragmented message in progress, 0 when none
-        self._fragments: list[bytes] | None = None
+        # Its payload so far: one buffer, so that a fragment costs its bytes and no more
+        # (a list held an entry per fragment, empty ones included).
+        self._fragments: bytearray | None = None
         self._fragments_size = 0
 
     def receive(self, data: bytes) -> list[Event]:
@@ -284,17 +286,17 @@ class WebSocketProtocol:
             if fin:
                 return self._message(opcode, payload)
             self._opcode = opcode
-            self._fragments = [payload]
+            self._fragments = bytearray(payload)
             self._fragments_size = len(payload)
             return None
         if opcode == OP_CONTINUATION:
             if not self._opcode or self._fragments is None:
                 raise WebSocketError(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")
-            self._fragments.append(payload)
+            self._fragments += payload
             self._fragments_size += len(payload)
             if not fin:
                 return None
-            opcode, whole = self._opcode, b"".join(self._fragments)
+            opcode, whole = self._opcode, bytes(self._fragments)
             self._opcode, self._fragments, self._fragments_size = 0, None, 0
             return self._message(opcode, whole)
         if opcode == OP_PING:

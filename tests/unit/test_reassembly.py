@@ -14,10 +14,11 @@ than hang.
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 from rabbitsocks.stomp.frames import FrameParser
 from rabbitsocks.wire.websocket import Message, WebSocketProtocol
-from tests.support.rawws import OP_BINARY, client_frame
+from tests.support.rawws import OP_BINARY, OP_CONTINUATION, client_frame
 
 SIZE = 32 << 20  # 32 MiB
 PIECE = 1024
@@ -55,3 +56,22 @@ def test_a_stomp_frame_in_small_messages() -> None:
         assert [(f.command, len(f.body)) for f in parsed] == [("SEND", SIZE)]
         assert parsed[0].body == body
         assert parser.buffered == 0
+
+
+def test_empty_fragments_cost_no_memory() -> None:
+    # Fragments were kept in a list, one entry per continuation frame: 6 bytes on the wire
+    # (an empty masked frame) held 8 in the list, with no bound but the attacker's
+    # patience, since max_size counts payload bytes.
+    protocol = WebSocketProtocol(max_size=1 << 20)
+    protocol.receive(client_frame(OP_BINARY, b"start", fin=False))
+    empty = client_frame(OP_CONTINUATION, b"", fin=False) * 10_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):  # 200,000 empty fragments
+            assert protocol.receive(empty) == []
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 100_000, f"{held} bytes held for 200,000 empty fragments"
+    assert protocol.receive(client_frame(OP_CONTINUATION, b"end")) == [Message(b"startend")]
