@@ -117,13 +117,15 @@ class NamespaceTransport:
 class Namespaces:
     """The Socket.IO side of one Engine.IO session: its namespace connections."""
 
-    __slots__ = ("_connecting", "_reader", "acceptor", "connections", "session")
+    __slots__ = ("_connecting", "_leaving", "_reader", "acceptor", "connections", "session")
 
     def __init__(self, acceptor: Acceptor, session: Session) -> None:
         self.acceptor = acceptor
         self.session = session
         self.connections: dict[str, Connection] = {}
         self._connecting: set[str] = set()
+        #: Namespaces the client left while their CONNECT was still being decided.
+        self._leaving: set[str] = set()
         self._reader = PacketReader(acceptor.socketio.max_frame_size)
 
     @property
@@ -154,6 +156,9 @@ class Namespaces:
             self._connecting.add(namespace)
             self.acceptor.spawn(self._connect(namespace))
         elif kind == DISCONNECT:
+            if namespace in self._connecting:
+                self._leaving.add(namespace)  # honoured once its CONNECT is decided
+                return
             conn = self.connections.pop(namespace, None)
             if conn is not None:
                 self._idle(conn)
@@ -180,6 +185,8 @@ class Namespaces:
             )
         finally:
             self._connecting.discard(namespace)
+        leaving = namespace in self._leaving
+        self._leaving.discard(namespace)
         if isinstance(accepted, Refusal):
             if slot is not None and not session.closed:
                 session.slot = slot  # still the session's, for another try
@@ -187,6 +194,14 @@ class Namespaces:
                 acceptor.gate.registry.release(slot)
             self._idle()
             self.reply(encode_connect_error(namespace, accepted.reason))
+            return
+        if leaving and not session.closed:
+            # The client sent its DISCONNECT while this was decided: no connection.
+            if slot is not None:
+                session.slot = slot  # the session's again
+            else:
+                acceptor.refuse(accepted)
+            self._idle()
             return
         if not session.closed:
             self.reply(encode_connect(namespace, accepted.info.id))

@@ -210,3 +210,21 @@ async def test_binary_attachments_are_bounded_together_by_max_frame_size() -> No
             assert "attachments larger than 65536 bytes" in frame.close_reason, frame
         finally:
             raw.close()
+
+
+async def test_a_disconnect_sent_before_its_connect_was_answered_is_honoured() -> None:
+    # The namespace's DISCONNECT came while its CONNECT was being authorized: it was
+    # dropped, and the namespace connected after the client had left it, a connection the
+    # client no longer knew about (a pipelined 40/41 storm kept one alive for good).
+    async with pubsub() as listener:
+        raw = await RawSocketIO.connect(listener.port)  # "/" connected
+        try:
+            await raw.ws.send_raw(client_frame(OP_TEXT, b"40/a,") + client_frame(OP_TEXT, b"41/a,"))
+            await raw.ws.send_text("40/b,")
+            assert (await raw.next_packet()).startswith("40/b,{")  # and nothing for /a
+            # /a was left, so it can be connected again (not "already connected").
+            await raw.ws.send_text("40/a,")
+            assert (await raw.next_packet()).startswith("40/a,{")
+            assert listener.connections == 3  # "/", "/b" and "/a" once
+        finally:
+            raw.close()
