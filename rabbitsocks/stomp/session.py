@@ -752,7 +752,7 @@ class StompSession:
 
     def _in_transaction(self, name: str, frame: Frame) -> None:
         if self._transactions is None:
-            self._transactions = Transactions()
+            self._transactions = Transactions(self.server.options.max_frame_size)
         self._transactions.hold(name, frame)
         if frame.command != "SEND":
             # As RabbitMQ does: an ACK or NACK is receipted when held, a SEND once its
@@ -768,7 +768,7 @@ class StompSession:
                 "Missing transaction", f"{command} must include a 'transaction' header"
             )
         if self._transactions is None:
-            self._transactions = Transactions()
+            self._transactions = Transactions(self.server.options.max_frame_size)
         if command == "BEGIN":
             self._transactions.begin(name)
             return

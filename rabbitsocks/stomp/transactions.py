@@ -16,10 +16,15 @@ MAX_TRANSACTION_FRAMES = 1000
 class Transactions:
     """One connection's open transactions."""
 
-    __slots__ = ("_open",)
+    __slots__ = ("_held", "_open", "max_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 1 << 62) -> None:
+        #: Octets (bodies and headers) all open transactions may hold together: what one
+        #: frame may be (``max_frame_size``), since they are frames received and not yet
+        #: done. Counted by frame, a transaction could hold 1,000 frames of that size.
+        self.max_bytes = max_bytes
         self._open: dict[str, list[Frame]] = {}
+        self._held = 0
 
     def begin(self, name: str) -> None:
         if name in self._open:
@@ -41,6 +46,12 @@ class Transactions:
                 f"a transaction holds {MAX_TRANSACTION_FRAMES} frames at most",
             )
         frame.headers.pop("transaction", None)
+        size = _size(frame)
+        if self._held + size > self.max_bytes:
+            raise StompError(
+                "Transaction too large", f"transactions hold {self.max_bytes} octets at most"
+            )
+        self._held += size
         frames.append(frame)
 
     def end(self, name: str) -> list[Frame]:
@@ -48,4 +59,12 @@ class Transactions:
         frames = self._open.pop(name, None)
         if frames is None:
             raise StompError("Bad transaction", f"invalid transaction identifier: {name!r}")
+        self._held -= sum(map(_size, frames))
         return frames
+
+
+def _size(frame: Frame) -> int:
+    """Octets of a held frame, about: its body and its headers."""
+    return len(frame.body) + sum(
+        len(name) + len(value) + 2 for name, value in frame.headers.items()
+    )

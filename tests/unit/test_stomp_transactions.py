@@ -121,3 +121,15 @@ def test_options_are_checked_when_the_configuration_is_resolved(
     with pytest.raises(ConfigError) as caught:
         plan_config(parse_config(raw, environ={}))
     assert message in str(caught.value)
+
+
+def test_held_octets_are_bounded_and_given_back_at_the_end() -> None:
+    tx = Transactions(max_bytes=1000)
+    tx.begin("a")
+    tx.begin("b")
+    tx.hold("a", Frame("SEND", {"destination": "/topic/x", "transaction": "a"}, b"x" * 400))
+    tx.hold("b", Frame("SEND", {"destination": "/topic/x", "transaction": "b"}, b"x" * 400))
+    with pytest.raises(StompError, match="hold 1000 octets at most"):
+        tx.hold("a", Frame("SEND", {"destination": "/topic/x"}, b"x" * 400))
+    assert len(tx.end("b")) == 1  # an ABORT or a COMMIT gives its octets back
+    tx.hold("a", Frame("SEND", {"destination": "/topic/x"}, b"x" * 400))
