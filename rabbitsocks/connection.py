@@ -82,6 +82,9 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SLOW_CONSUMER = 4008
 
+#: Frames handled in one turn of the event loop before the others get theirs.
+TURN_FRAMES = 64
+
 _ids = itertools.count(1)
 _id_prefix = f"{os.getpid():x}"
 
@@ -421,6 +424,7 @@ class Connection:
             if not self._opened:
                 self._opened = True
                 await self._open()
+            handled = 0
             while inbound := self._inbound:
                 frame = inbound.popleft()
                 if not self.closing:
@@ -428,6 +432,11 @@ class Connection:
                 if self._paused and len(inbound) <= self.host.max_inbound_frames // 2:
                     self._paused = False
                     self.transport.resume_reading()
+                handled += 1
+                if handled % TURN_FRAMES == 0:
+                    # A callback that never awaits would keep the loop for as long as
+                    # frames come: let every other connection have its turn.
+                    await asyncio.sleep(0)
             self._inbound = None
             if self._finished and self.status is not State.CLOSED:
                 await self._terminate()
