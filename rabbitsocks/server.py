@@ -231,11 +231,9 @@ class Listener:
         async def adopt() -> None:
             loop = asyncio.get_running_loop()
             try:
-                _, protocol = await loop.connect_accepted_socket(front, sock)
+                await loop.connect_accepted_socket(lambda: front.adopting(data, client), sock)
             except OSError:
                 sock.close()
-                return
-            protocol.adopted(data, client)
 
         front.spawn(adopt())
 

@@ -79,6 +79,13 @@ class Front:
     def __call__(self) -> FrontProtocol:
         return FrontProtocol(self)
 
+    def adopting(self, data: bytes, client: str) -> FrontProtocol:
+        """The protocol of a connection another worker handed over, with the bytes it read
+        and its client: they are its first bytes, before anything read from the socket."""
+        protocol = FrontProtocol(self)
+        protocol._adopted = (data, client)
+        return protocol
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -125,10 +132,11 @@ class Front:
 class FrontProtocol(asyncio.Protocol):
     """A connection whose first request head is still being read."""
 
-    __slots__ = ("_buffer", "_front", "_proxy_header", "_tcp", "_timer")
+    __slots__ = ("_adopted", "_buffer", "_front", "_proxy_header", "_tcp", "_timer")
 
     def __init__(self, front: Front) -> None:
         self._front = front
+        self._adopted: tuple[bytes, str] | None = None  # see ``Front.adopting``
         self._buffer = b""
         self._tcp: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -145,6 +153,12 @@ class FrontProtocol(asyncio.Protocol):
         else:
             self._proxy_header = addresses.expects_proxy_header(transport)
         self._timer = asyncio.get_running_loop().call_later(front.timeout, self._too_slow)
+        if self._adopted is not None:
+            # Now, before the socket is read: what the client sent after the bytes the
+            # other worker read must come after them (it was taken for a request head).
+            data, client = self._adopted
+            self._adopted = None
+            self.adopted(data, client)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()

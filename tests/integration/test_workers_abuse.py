@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -130,3 +131,31 @@ async def test_a_forwarded_post_whose_body_never_comes_is_answered(tmp_path: Pat
             finally:
                 writer.close()
     assert "Traceback" not in served.text, served.text[-3000:]
+
+
+@pytest.mark.slow
+async def test_a_handed_off_request_whose_body_follows_its_head(tmp_path: Path) -> None:
+    # The owner started reading a handed-off socket before it was given the bytes the
+    # other worker had read: a body that arrived meanwhile was taken for the head of the
+    # request (431 "request head larger than 16384 bytes", or 400).
+    body = b"4" * 30_000
+    async with two_workers(tmp_path) as (port, _, _):
+        for i in range(150):
+            for worker in "01":
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    writer.get_extra_info("socket").setsockopt(
+                        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+                    )
+                    writer.write(
+                        f"POST /socket.io/?EIO=4&transport=polling&sid={worker}nosuch{i} "
+                        "HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    )
+                    await writer.drain()
+                    writer.write(body)  # a segment of its own, after the head
+                    async with asyncio.timeout(5):
+                        answer = await reader.read()
+                    assert b"Session ID unknown" in answer, answer[:200]
+                finally:
+                    writer.close()
