@@ -218,7 +218,7 @@ class SocketIOConfig:
     #: largest total of one binary packet's attachments).
     max_frame_size: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Engine.IO packets one polling request may carry.
-    max_packets_per_payload: int = field(default=64, metadata=at_least(1))
+    max_packets_per_payload: int = field(default=4096, metadata=at_least(1))
     #: Transports clients may use: ``polling`` (HTTP long-polling, socket.io-client's first
     #: step unless told otherwise) and ``websocket``. Without ``polling``, a load balancer
     #: needs no sticky sessions (every session is one WebSocket connection).
@@ -325,8 +325,10 @@ class LimitsConfig:
     max_outbound_bytes: int = field(default=1024 * 1024, metadata=at_least(1))
     #: Frames queued for one peer before it is closed as a slow consumer (4008).
     max_outbound_frames: int = field(default=4096, metadata=at_least(1))
-    #: Frames received and not yet handled before the peer is closed (1008).
+    #: Frames received and not yet handled before reading from the peer pauses.
     max_inbound_frames: int = field(default=256, metadata=at_least(1))
+    #: Bytes of frames received and not yet handled before reading pauses.
+    max_inbound_bytes: int = field(default=1024 * 1024, metadata=at_least(1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,11 @@ no timer: its cost is the adapter, this object and the callback's state. ``termi
 runs in that task after the last ``handle_frame``, never beside it.
 
 Flow control both ways is by bound, not by waiting: a peer that sends faster than its
-frames are handled has its socket paused once ``max_inbound_frames`` wait (TCP pushes
-back); a peer that reads slower than we send is closed as a slow consumer (4008) once what
-it has not read passes ``max_outbound_bytes``, rather than letting memory grow or delaying
-anybody else.
+frames are handled has its socket paused once ``max_inbound_frames`` frames or
+``max_inbound_bytes`` bytes wait (TCP pushes back; what one read of the socket brought is
+queued whole); a peer that reads slower than we send is closed as a slow consumer (4008)
+once what it has not read passes ``max_outbound_bytes``, rather than letting memory grow
+or delaying anybody else.
 """
 
 from __future__ import annotations
@@ -216,6 +217,9 @@ class Host(Protocol):
     @property
     def max_inbound_frames(self) -> int: ...
 
+    @property
+    def max_inbound_bytes(self) -> int: ...
+
     def release(self, conn: Connection) -> None:
         """``conn`` is over (``terminate`` has run): forget it."""
         ...
@@ -264,6 +268,7 @@ class Connection:
         "_code",
         "_finished",
         "_inbound",
+        "_inbound_bytes",
         "_limit",
         "_opened",
         "_paused",
@@ -300,6 +305,7 @@ class Connection:
         self._write_shared = transport.write_shared
         self._code: int | None = None  # the close code, once known
         self._inbound: collections.deque[str | bytes] | None = None
+        self._inbound_bytes = 0  # of the frames waiting in ``_inbound`` (str: characters)
         self._runner: asyncio.Task[None] | None = None
         self._opened = False
         self._finished = False
@@ -388,7 +394,11 @@ class Connection:
         if inbound is None:
             inbound = self._inbound = collections.deque()
         inbound.append(frame)
-        if not self._paused and len(inbound) >= self.host.max_inbound_frames:
+        self._inbound_bytes += len(frame)
+        host = self.host
+        if not self._paused and (
+            len(inbound) >= host.max_inbound_frames or self._inbound_bytes >= host.max_inbound_bytes
+        ):
             self._paused = True  # TCP pushes back on the peer until we catch up
             self.transport.pause_reading()
         if self._runner is None:
@@ -425,11 +435,17 @@ class Connection:
                 self._opened = True
                 await self._open()
             handled = 0
+            host = self.host
             while inbound := self._inbound:
                 frame = inbound.popleft()
+                self._inbound_bytes -= len(frame)
                 if not self.closing:
                     await self._handle(frame)
-                if self._paused and len(inbound) <= self.host.max_inbound_frames // 2:
+                if (
+                    self._paused
+                    and len(inbound) <= host.max_inbound_frames // 2
+                    and self._inbound_bytes <= host.max_inbound_bytes // 2
+                ):
                     self._paused = False
                     self.transport.resume_reading()
                 handled += 1

@@ -79,6 +79,7 @@ class Acceptor:
         self.max_outbound_bytes = limits.max_outbound_bytes
         self.max_outbound_frames = limits.max_outbound_frames
         self.max_inbound_frames = limits.max_inbound_frames
+        self.max_inbound_bytes = limits.max_inbound_bytes
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property

@@ -69,6 +69,8 @@ FORBIDDEN = 4
 UNSUPPORTED_PROTOCOL_VERSION = 5
 
 _PROBE = "probe"
+#: Packets of one POST handled per turn of the event loop.
+_PACKETS_PER_TURN = 64
 
 
 def _error_body(code: int, message: str) -> bytes:
@@ -371,9 +373,12 @@ class EngineIO:
                     raise
                 return web.Response(status=400, text="the request body did not arrive\n")
             try:
-                for packet in engineio.decode_payload(
+                packets = engineio.decode_payload(
                     b"".join(chunks), self.settings.max_packets_per_payload
-                ):
+                )
+                for index, packet in enumerate(packets):
+                    if index and not index % _PACKETS_PER_TURN:
+                        await asyncio.sleep(0)  # a big payload shares the loop
                     if session.closed:
                         break
                     session.received(packet)

@@ -84,7 +84,9 @@ class RequestHead:
 
     @property
     def url(self) -> URL:
-        return URL(self.target, encoded=True)
+        # Built from its parts: URL("//host/x") would read "host" as an authority.
+        path, _, query = self.target.partition("?")
+        return URL.build(path=path, query_string=query, encoded=True)
 
     @property
     def path(self) -> str:

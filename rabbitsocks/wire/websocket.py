@@ -103,6 +103,9 @@ def check_handshake(head: RequestHead) -> str:
         raise HttpError(400, "expected a WebSocket upgrade request (Upgrade: websocket)")
     if "upgrade" not in header_tokens(headers, "Connection"):
         raise HttpError(400, "expected a WebSocket upgrade request (Connection: Upgrade)")
+    if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        # A body on an upgrade would be read as WebSocket frames (request smuggling).
+        raise HttpError(400, "a WebSocket handshake has no body")
     if headers.getall("Sec-WebSocket-Version", ()) != ["13"]:
         raise HttpError(426, "unsupported Sec-WebSocket-Version: this server speaks 13")
     keys = headers.getall("Sec-WebSocket-Key", ())
@@ -249,7 +252,9 @@ class WebSocketProtocol:
                     break
                 (length,) = _UNPACK_64(buffer, start)
                 start += 8
-                if length < 1 << 16 or length >> 63:
+                if length >> 63:
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "length with its top bit set")
+                if length < 1 << 16:
                     raise WebSocketError(CLOSE_PROTOCOL_ERROR, "length not minimally encoded")
             fin = first & 0x80
             if opcode & 0x8:

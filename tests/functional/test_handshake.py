@@ -76,9 +76,19 @@ async def test_the_same_on_a_kept_alive_connection(listener: Listener, path: str
     assert [status for status, _ in answers] == [400, 101]
 
 
-async def test_a_client_that_sends_faster_than_it_is_served_is_paused() -> None:
-    # limits.max_inbound_frames (issue 12, point 5, read by nothing before): frames wait
-    # to be handled, bounded; past the bound the socket is not read (TCP pushes back).
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_inbound_frames": 8},  # issue 12, point 5: read by nothing before
+        {"max_inbound_frames": 100_000, "max_inbound_bytes": 8 * 1024},  # the red team's
+    ],
+    ids=["frames", "bytes"],
+)
+async def test_a_client_that_sends_faster_than_it_is_served_is_paused(
+    limits: dict[str, int],
+) -> None:
+    # Frames wait to be handled, bounded in count and in bytes; past the bound the socket
+    # is not read (TCP pushes back).
     gate = asyncio.Event()
 
     class Slow:
@@ -103,7 +113,7 @@ async def test_a_client_that_sends_faster_than_it_is_served_is_paused() -> None:
     from rabbitsocks.config import LimitsConfig
     from tests.support.rawws import OP_TEXT, RawWebSocket, client_frame
 
-    handle = await start_listener("127.0.0.1:0", Slow(), limits=LimitsConfig(max_inbound_frames=8))
+    handle = await start_listener("127.0.0.1:0", Slow(), limits=LimitsConfig(**limits))
     try:
         raw = await RawWebSocket.connect(handle.port)
         frame = client_frame(OP_TEXT, b"x" * 1000)
@@ -125,3 +135,18 @@ async def test_a_client_that_sends_faster_than_it_is_served_is_paused() -> None:
     finally:
         gate.set()
         await handle.stop()
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_an_upgrade_with_a_body_is_refused(listener: Listener, path: str) -> None:
+    # Red team: its body would have been read as WebSocket frames (request smuggling).
+    for extra in (b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n"):
+        request = upgrade(path).replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n")
+        ((status, _),) = await answer_to(listener.port, request)
+        assert status == 400
+
+
+async def test_a_path_that_starts_with_two_slashes_is_not_ours(listener: Listener) -> None:
+    # Red team: "//host/websocket/" was read as an authority and the path /websocket/.
+    ((status, _),) = await answer_to(listener.port, upgrade("//host/websocket/"))
+    assert status == 404

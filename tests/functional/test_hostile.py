@@ -481,7 +481,7 @@ POLLING_JUNK: list[tuple[bytes, str]] = [
     (b'42{"not": "a list"}', "an event is a list starting with its name"),
     (b"42" + b"[" * 2000 + b"]" * 2000, "invalid JSON"),
     (b"bnot base64!", "a binary packet is not valid base64"),
-    (b"\x1e".join([b"3"] * 65), "more than 64 packets in one payload"),
+    (b"\x1e".join([b"3"] * 4097), "more than 4096 packets in one payload"),
 ]
 
 
