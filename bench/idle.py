@@ -143,6 +143,7 @@ async def measure(script: Path, cwd: Path, kind: str, n: int, sources: int, wait
         "    limits:\n"
         f"      max_connections: {n + 1000}\n"
         f"      max_connections_per_address: {n + 1000}\n"
+        f"      connect_burst: {n + 1000}\n"
         "log:\n  level: warning\n"
     )
     log = workdir / "server.log"

@@ -159,7 +159,11 @@ def _connection_limits(n: int) -> str:
     known = {f.name for f in dataclasses.fields(LimitsConfig)}
     lines = [
         f"      {key}: {max(default, n + 1000)}\n"
-        for key, default in (("max_connections", 20_000), ("max_connections_per_address", 1_000))
+        for key, default in (
+            ("max_connections", 20_000),
+            ("max_connections_per_address", 1_000),
+            ("connect_burst", 500),  # every subscriber connects at once from one address
+        )
         if key in known
     ]
     return "    limits:\n" + "".join(lines) if lines else ""

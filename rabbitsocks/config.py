@@ -317,6 +317,12 @@ class LimitsConfig:
     max_connections: int = field(default=20_000, metadata=at_least(1))
     #: Open connections from one remote address; more are refused with HTTP 503.
     max_connections_per_address: int = field(default=1_000, metadata=at_least(1))
+    #: New connections per second from one remote address (a token bucket; Socket.IO
+    #: namespace connections count), and the burst above that rate; more get HTTP 503
+    #: (or a Socket.IO ``connect_error``) with ``Retry-After``. Bounds churn: connecting
+    #: and leaving in a loop costs the server (and its log) at most this much.
+    connect_rate: float = field(default=50.0, metadata=above(0))
+    connect_burst: int = field(default=500, metadata=at_least(1))
     #: Seconds a client has to send its handshake request (and a polling POST its body),
     #: and the server to authorize it.
     handshake_timeout: float = field(default=10.0, metadata=above(0))

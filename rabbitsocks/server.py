@@ -103,6 +103,8 @@ class Listener:
             authorizer=authorizer or _connect_authorizer(config, services, source),
             max_connections=limits.max_connections,
             max_connections_per_address=limits.max_connections_per_address,
+            connect_rate=limits.connect_rate,
+            connect_burst=limits.connect_burst,
             timeout=limits.handshake_timeout,
             stats=self.stats,
         )

@@ -6,10 +6,11 @@ this order, are the same for all of them:
 
 1. ``Origin`` not on the listener's allow-list: 403.
 2. The listener is shutting down: 503.
-3. Too many connections on the listener or from the remote address: 503, with
-   ``Retry-After``. A connection counts from the moment it passes this check (its slot is
-   taken before authorization awaits anything, so a burst of handshakes cannot all pass
-   the count while each waits for its hook), until it is released.
+3. Too many connections on the listener or from the remote address, or new ones from
+   that address too fast (``connect_rate``): 503, with ``Retry-After``. A connection
+   counts from the moment it passes this check (its slot is taken before authorization
+   awaits anything, so a burst of handshakes cannot all pass the count while each waits
+   for its hook), until it is released.
 4. Connect authorization (token, hook): the hook's answer, 401 for a bad token, 503 when
    the authorization endpoint does not answer within the handshake timeout.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,7 +38,7 @@ from rabbitsocks.connection import ConnectRequest
 from rabbitsocks.origins import OriginPolicy
 from rabbitsocks.stats import ListenerStats
 
-__all__ = ["Admission", "Closable", "Gate", "Refusal", "Registry", "Slot"]
+__all__ = ["Admission", "AttemptRate", "Closable", "Gate", "Refusal", "Registry", "Slot"]
 
 logger = logging.getLogger("rabbitsocks.gate")
 
@@ -114,6 +116,46 @@ class Registry:
         await self._idle.wait()
 
 
+class AttemptRate:
+    """A token bucket of new connections per remote address.
+
+    Buckets that have filled up again are forgotten (checked every ``PRUNE_EVERY`` takes),
+    so the table holds only addresses that connected within the last burst/rate seconds.
+    """
+
+    PRUNE_EVERY = 1024
+
+    __slots__ = ("_buckets", "_takes", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # remote -> (tokens, when)
+        self._takes = 0
+
+    def take(self, remote: str) -> bool:
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(remote, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        self._takes += 1
+        if self._takes % self.PRUNE_EVERY == 0:
+            self._prune(now)
+        if tokens < 1.0:
+            self._buckets[remote] = (tokens, now)
+            return False
+        self._buckets[remote] = (tokens - 1.0, now)
+        return True
+
+    def _prune(self, now: float) -> None:
+        full = self.burst / self.rate  # seconds for an empty bucket to fill
+        for remote, (_, stamp) in list(self._buckets.items()):
+            if now - stamp > full:
+                del self._buckets[remote]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """An admitted attempt: its counted slot, and its token's claims (if any)."""
@@ -134,6 +176,8 @@ class Gate:
         max_connections_per_address: int,
         timeout: float,
         stats: ListenerStats,
+        connect_rate: float = 50.0,
+        connect_burst: int = 500,
     ) -> None:
         self.origins = origins
         self.authorizer = authorizer
@@ -142,6 +186,8 @@ class Gate:
         self.timeout = timeout
         self.stats = stats
         self.registry = Registry()
+        #: New connections per remote address over time.
+        self.attempts = AttemptRate(connect_rate, connect_burst)
         #: Set when the listener shuts down: every attempt is refused from then on.
         self.closing = False
 
@@ -164,6 +210,11 @@ class Gate:
         if registry.count_from(remote) >= self.max_connections_per_address:
             self.stats.errors["refused_limit"] += 1
             return Refusal(503, "too many connections from your address", {"Retry-After": "5"})
+        if not self.attempts.take(remote):
+            self.stats.errors["refused_rate"] += 1
+            return Refusal(
+                503, "too many connections from your address too fast", {"Retry-After": "1"}
+            )
         return registry.take(remote)
 
     async def authorize(self, request: ConnectRequest) -> dict[str, Any] | Refusal | None:

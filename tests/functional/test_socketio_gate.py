@@ -136,3 +136,31 @@ async def test_sessions_without_a_namespace_count_and_expire() -> None:
         for poller in pollers:
             await poller.close()
         await listener.stop()
+
+
+async def test_connecting_in_a_loop_is_limited_per_address() -> None:
+    # Red team: connect/disconnect churn reached 3,900 namespace connections a second on
+    # one TCP connection (7,800 log lines a second), bounded only by concurrent counts.
+    listener = await start_listener(
+        "127.0.0.1:0",
+        "callbacks.pubsub",
+        limits=LimitsConfig(connect_rate=0.001, connect_burst=5),
+    )
+    try:
+        async with Poller(listener.port) as poller:
+            assert (await poller.handshake())[0] == 200  # 1 of 5
+            assert (await poller.connect("/")).startswith("40{")  # the session's slot
+            for _ in range(4):  # 2 to 5 of 5, each leaving again at once
+                assert (await poller.connect("/churn")).startswith("40/churn,{")
+                assert (await poller.post("41/churn,"))[0] == 200
+                await wait_until(lambda: listener.connections == 1, 5, "the namespace to go")
+            refused = await poller.connect("/churn")
+            assert (
+                refused == '44/churn,{"message":"too many connections from your address too fast"}'
+            )
+        with pytest.raises(InvalidStatus) as limited:
+            await websockets.connect(f"ws://127.0.0.1:{listener.port}/websocket/")
+        assert limited.value.response.status_code == 503
+        assert limited.value.response.headers["Retry-After"] == "1"
+    finally:
+        await listener.stop()

@@ -66,7 +66,7 @@ def config(path: Path, url: str) -> Path:
                     {
                         "interface": "127.0.0.1:0",
                         "callback": "callbacks.pubsub",
-                        "limits": {"max_connections_per_address": 10_000},
+                        "limits": {"max_connections_per_address": 10_000, "connect_burst": 10_000},
                     }
                 ],
                 "brokers": {"amqp": {"type": "amqp", "url": url}},

@@ -35,6 +35,7 @@ from rabbitsocks import Listener, start_listener
 from rabbitsocks.brokers.amqp import AmqpBroker
 from rabbitsocks.brokers.base import Broker
 from rabbitsocks.brokers.memory import MemoryBroker
+from rabbitsocks.config import LimitsConfig
 from rabbitsocks.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -420,8 +421,14 @@ async def bridge(
     handle: Bridge | None = None
     try:
         await until_connected(services.hub().broker)
+        # Every test client connects from 127.0.0.1, a thousand of them at once in some
+        # tests: past the default connection rate of one address.
         listener = await start_listener(
-            "127.0.0.1:0", "callbacks.pubsub", options or {}, services=services
+            "127.0.0.1:0",
+            "callbacks.pubsub",
+            options or {},
+            services=services,
+            limits=LimitsConfig(connect_burst=20_000),
         )
         handle = Bridge(kind, services, listener)
         if url is not None:
