@@ -20,15 +20,18 @@ from rabbitsocks.auth import JoinAuthorizer, hook_from_config
 from rabbitsocks.config import HookConfig, above, at_least, one_of
 from rabbitsocks.connection import CLOSE_POLICY_VIOLATION
 from rabbitsocks.errors import CloseConnection, InvalidTopic, ProtocolError, UnknownBroker
+from rabbitsocks.pubsub.history import Position
 from rabbitsocks.pubsub.hub import Hub, JoinResult, Subscription
 from rabbitsocks.pubsub.protocol import (
     Command,
     encode_delivery,
     encode_error,
+    encode_gap,
     encode_join_failed,
     encode_joined,
     encode_leave_failed,
     encode_left,
+    encode_resumed,
     parse_command,
 )
 from rabbitsocks.services import Services
@@ -109,8 +112,14 @@ class Session:
         """This connection's subscription on ``hub``, made on first use."""
         entry = self.hubs.get(hub.broker.name)
         if entry is None:
-            assert self.writer is not None
-            entry = self.hubs[hub.broker.name] = (hub, hub.register(self.writer, encode_delivery))
+            writer = self.writer
+            assert writer is not None
+
+            def on_gap(topics: list[str], start_ms: int, end_ms: int) -> None:
+                writer.send(encode_gap(topics, start_ms, end_ms))
+
+            sub = hub.register(writer, encode_delivery, on_gap)
+            entry = self.hubs[hub.broker.name] = (hub, sub)
         return entry[1]
 
 
@@ -206,11 +215,19 @@ class PubSub:
         # it, and the hub refuses the join, instead of keeping a dead connection joined.
         sub = session.subscription(hub)
         valid = []
+        since: dict[str, Position] = {}
         for topic in command.topics:
+            position = command.since.get(topic) if command.since else None
+            if isinstance(position, str):  # why the position given is not one
+                result.refuse(topic, position)
+                continue
             try:
                 valid.append(validate_topic(topic, wildcards=self.options.wildcards))
             except InvalidTopic as exc:
                 result.refuse(topic, str(exc))
+                continue
+            if position is not None:
+                since[topic] = position
         if valid and self.authorizer is not None:
             valid, denied = await self.authorizer.split(valid, session.info)
             for reason, topics in denied.items():
@@ -228,11 +245,22 @@ class PubSub:
             else:
                 result.refuse(topic, f"too many topics (max {self.options.max_topics})")
         if allowed:
-            joined = await hub.join(sub, allowed)
+            joined = await hub.join(sub, allowed, since)
             result.done.extend(joined.done)
             for reason, topics in joined.refused.items():
                 result.refused.setdefault(reason, []).extend(topics)
+            result.resumed, result.replay = joined.resumed, joined.replay
+        # Nothing awaits from here on: the answer, then the replay, then the live flow.
         _answer(writer, result, encode_joined, encode_join_failed)
+        if result.resumed:
+            outcomes: dict[str | None, list[str]] = {}
+            for topic in command.topics:
+                if topic in result.resumed:
+                    outcomes.setdefault(result.resumed[topic], []).append(topic)
+            for outcome, resumed in outcomes.items():
+                writer.send(encode_resumed(resumed, outcome))
+        for frame in result.replay:
+            writer.send_shared(frame)
 
     async def _leave(self, command: Command, session: Session, writer: Writer) -> None:
         result = JoinResult()

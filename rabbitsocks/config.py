@@ -36,9 +36,10 @@ from urllib.parse import urlsplit
 import yaml
 from yarl import URL
 
-from rabbitsocks.errors import ConfigError
+from rabbitsocks.errors import ConfigError, InvalidTopic
 from rabbitsocks.logs import mask_url, redact_url
 from rabbitsocks.origins import validate_origin_entry
+from rabbitsocks.topics import validate_topic
 
 __all__ = [
     "DEFAULT_AMQP_URL",
@@ -47,6 +48,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerTlsConfig",
     "Config",
+    "HistoryConfig",
     "HookConfig",
     "Interface",
     "JwtConfig",
@@ -445,6 +447,57 @@ class BrokerTlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """A topic pattern whose messages a broker keeps in a log, so that clients can resume
+    (``brokers.<name>.history[]``; see docs/protocol.md, "Resuming")."""
+
+    #: The pattern (AMQP topic syntax): every message whose routing key it matches is kept.
+    topics: str
+    #: Retention: seconds a message is kept (RabbitMQ: the stream's ``x-max-age``).
+    max_age: float = field(default=600.0, metadata=above(0))
+    #: Retention: bytes the log may hold (RabbitMQ: ``x-max-length-bytes``, on disk; memory
+    #: broker: bodies and routing keys, in memory).
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1))
+    #: Retention: messages the log may hold (memory broker only; RabbitMQ streams retain by
+    #: age and bytes).
+    max_messages: int | None = field(default=None, metadata=at_least(1))
+    #: Most messages one resume replays; a resume that misses more gets ``recovered: false``.
+    replay_limit: int = field(default=1000, metadata=at_least(1))
+    #: Most bytes of bodies one resume replays; past it, ``recovered: false``.
+    replay_bytes: int = field(default=256 * 1024, metadata=at_least(1))
+    #: Seconds a resume may wait: for RabbitMQ to replay, or for this process to reach a
+    #: position another process delivered already.
+    resume_timeout: float = field(default=10.0, metadata=above(0))
+    #: RabbitMQ only: the stream queue's name (default ``rabbitsocks.history.<exchange>.<topics>``).
+    stream: str | None = None
+    #: RabbitMQ only: ``x-stream-max-segment-size-bytes``; retention deletes whole segments
+    #: (default: ``max_bytes / 8``, at most RabbitMQ's 500 MB).
+    segment_bytes: int | None = field(default=None, metadata=at_least(1))
+    #: RabbitMQ only: the recent messages each process keeps in memory, so that most resumes
+    #: do not read RabbitMQ.
+    cache_messages: int = field(default=10_000, metadata=at_least(1))
+    cache_bytes: int = field(default=16 * 1024 * 1024, metadata=at_least(1))
+
+    def __post_init__(self) -> None:
+        try:
+            validate_topic(self.topics, wildcards=True)
+        except InvalidTopic as exc:
+            raise ValueError(
+                f"topics: expected a topic pattern, got {self.topics!r}: {exc}"
+            ) from None
+
+    def stream_name(self, exchange: str) -> str:
+        """The RabbitMQ stream queue that holds this pattern's log."""
+        return self.stream or f"rabbitsocks.history.{exchange}.{self.topics}"
+
+    @property
+    def stream_segment_bytes(self) -> int:
+        if self.segment_bytes is not None:
+            return self.segment_bytes
+        return max(4096, min(500_000_000, self.max_bytes // 8))
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerConfig:
     """A message broker the pub/sub callback and RPC can use by name."""
 
@@ -480,6 +533,11 @@ class BrokerConfig:
     #: Seconds between attempts to return to the first URL.
     rebalance_interval: float = field(default=30.0, metadata=above(0))
     tls: BrokerTlsConfig = field(default_factory=BrokerTlsConfig)
+    #: Topic patterns whose messages are kept so that clients can resume (docs/protocol.md).
+    history: tuple[HistoryConfig, ...] = ()
+    #: Resumes reading RabbitMQ at once in one process (those older than its memory); more
+    #: wait their turn.
+    history_replays: int = field(default=16, metadata=at_least(1))
 
     def __post_init__(self) -> None:
         if not 0 < self.reconnect_min <= self.reconnect_max:
@@ -820,6 +878,7 @@ def _check_brokers(config: Config) -> None:
                     raise ConfigError(
                         config.source, f"brokers.{name}.tls.{attr}", f"no such file: {path!r}"
                     )
+        _check_history(config.source, f"brokers.{name}", broker)
     default = config.effective_default_broker
     if default not in config.broker_names:
         raise ConfigError(
@@ -865,6 +924,50 @@ def _check_brokers(config: Config) -> None:
                 f"port {port} is already used by {ports[port]} (expected a distinct port)",
             )
         ports[port] = key.removesuffix(".interface")
+
+
+_AMQP_ONLY_HISTORY = ("stream", "segment_bytes", "cache_messages", "cache_bytes")
+
+
+def _check_history(source: str, key: str, broker: BrokerConfig) -> None:
+    """What one history entry cannot say about itself: keys of the other broker type,
+    a pattern listed twice, a stream name RabbitMQ would refuse."""
+    seen: dict[str, int] = {}
+    defaults = HistoryConfig("#")
+    for i, history in enumerate(broker.history):
+        where = f"{key}.history[{i}]"
+        if history.topics in seen:
+            raise ConfigError(
+                source,
+                f"{where}.topics",
+                f"expected each pattern once, got {history.topics!r} again"
+                f" (also {key}.history[{seen[history.topics]}])",
+            )
+        seen[history.topics] = i
+        if broker.type == "memory":
+            for name in _AMQP_ONLY_HISTORY:
+                if getattr(history, name) != getattr(defaults, name):
+                    raise ConfigError(
+                        source, f"{where}.{name}", "applies to RabbitMQ (type: amqp) only"
+                    )
+            continue
+        if history.max_messages is not None:
+            raise ConfigError(
+                source,
+                f"{where}.max_messages",
+                "RabbitMQ streams retain by age and bytes only (use max_age, max_bytes)",
+            )
+        name = history.stream_name(broker.exchange)
+        if len(name.encode("utf-8")) > 255 or name.startswith("amq."):
+            raise ConfigError(
+                source,
+                f"{where}.stream",
+                f"expected a queue name of at most 255 bytes not starting with 'amq.',"
+                f" got {_show(name)}",
+            )
+    names = [h.stream_name(broker.exchange) for h in broker.history]
+    if broker.type == "amqp" and len(set(names)) != len(names):
+        raise ConfigError(source, f"{key}.history", "expected a distinct stream per pattern")
 
 
 def parse_options(

@@ -59,9 +59,23 @@ Encoder = Callable[["Delivery"], SharedFrame | None]
 
 
 class Delivery:
-    """One message from a broker: its routing key, body, and (from RabbitMQ) properties."""
+    """One message from a broker: its routing key, body, and (from RabbitMQ) properties.
 
-    __slots__ = ("_frames", "body", "exchange", "properties", "routing_key")
+    A message of a history log also has its position: ``stream``, the index of the log in
+    its broker's ``history`` configuration, and its ``offset`` and ``epoch`` in that log
+    (see docs/architecture.md, "History and resume"). ``stream`` is ``None`` otherwise.
+    """
+
+    __slots__ = (
+        "_frames",
+        "body",
+        "epoch",
+        "exchange",
+        "offset",
+        "properties",
+        "routing_key",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -69,11 +83,18 @@ class Delivery:
         body: bytes,
         properties: MessageProperties | None = None,
         exchange: str = "",
+        *,
+        stream: int | None = None,
+        offset: int = -1,
+        epoch: str = "",
     ) -> None:
         self.routing_key = routing_key
         self.body = body
         self.properties = properties
         self.exchange = exchange
+        self.stream = stream
+        self.offset = offset
+        self.epoch = epoch
         self._frames: dict[Encoder, SharedFrame | None] | None = None
 
     def encoded(self, encoder: Encoder) -> SharedFrame | None:
@@ -87,4 +108,5 @@ class Delivery:
         return frame
 
     def __repr__(self) -> str:
-        return f"<Delivery {self.routing_key!r} {len(self.body)} bytes>"
+        where = "" if self.stream is None else f" at {self.offset}@{self.epoch}"
+        return f"<Delivery {self.routing_key!r} {len(self.body)} bytes{where}>"

@@ -30,7 +30,7 @@ logger = logging.getLogger("rabbitsocks.services")
 def make_broker(name: str, config: BrokerConfig) -> Broker:
     """Build (not start) the broker a ``BrokerConfig`` describes."""
     if config.type == "memory":
-        return MemoryBroker(name)
+        return MemoryBroker(name, config.history)
     # Imported here so that a memory-only process never loads aio-pika.
     from rabbitsocks.brokers.amqp import AmqpBroker, AmqpTls
 

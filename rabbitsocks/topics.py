@@ -48,6 +48,7 @@ __all__ = [
     "TopicTrie",
     "is_pattern",
     "pattern_covers",
+    "patterns_overlap",
     "topic_matches",
     "validate_topic",
 ]
@@ -172,6 +173,35 @@ def pattern_covers(allowed: str, requested: str) -> bool:
         return result
 
     return covers(0, 0)
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some routing key is matched by both patterns (both valid, see
+    ``validate_topic``): ``chat.*`` and ``*.1`` overlap (``chat.1``), ``a.*`` and ``a`` do not.
+    """
+    x, y = _words(a), _words(b)
+    memo: dict[tuple[int, int], bool] = {}
+
+    def overlap(i: int, j: int) -> bool:
+        key = (i, j)
+        if key in memo:
+            return memo[key]
+        if i == len(x) and j == len(y):
+            result = True
+        elif i < len(x) and x[i] == "#":
+            # "#" stands for no more words, or for the next word of the other pattern
+            # (whatever it is: a literal, "*", or the other's "#" giving one word).
+            result = overlap(i + 1, j) or (j < len(y) and overlap(i, j + 1))
+        elif j < len(y) and y[j] == "#":
+            result = overlap(i, j + 1) or (i < len(x) and overlap(i + 1, j))
+        elif i == len(x) or j == len(y):
+            result = False  # one needs another word, the other has none left
+        else:
+            result = (x[i] == "*" or y[j] == "*" or x[i] == y[j]) and overlap(i + 1, j + 1)
+        memo[key] = result
+        return result
+
+    return overlap(0, 0)
 
 
 class _Node(Generic[T]):

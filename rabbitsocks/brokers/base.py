@@ -9,6 +9,11 @@ pattern and ``unbind`` once when the last one leaves.
 
 A broker that loses its connection keeps its set of bound patterns as the source of truth
 and replays it when it reconnects, so subscribers never have to join again.
+
+A broker configured with history patterns also has a ``history`` attribute (a
+``BrokerHistory``): it delivers every message of each pattern's log, with its offset and
+epoch, whether or not anything is bound, and tells the hub where each log's live flow
+starts (``HistorySink``). See docs/architecture.md, "History and resume".
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from rabbitsocks.config import HistoryConfig
 from rabbitsocks.messages import Delivery
 
-__all__ = ["Broker", "DeliveryHandler", "StateHandler"]
+__all__ = [
+    "Broker",
+    "BrokerHistory",
+    "DeliveryHandler",
+    "HistorySink",
+    "ReplayHandler",
+    "StateHandler",
+]
 
 #: Called on the event loop for every delivery. It must not block and must not raise; it
 #: is the start of the hot path.
@@ -73,4 +86,45 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Unbind everything and disconnect. Idempotent."""
+        ...
+
+
+#: Called by ``BrokerHistory.replay`` for each entry of a log, in order: its offset, and the
+#: message (``None`` for an entry that is not one, such as an epoch marker). Returning
+#: ``False`` ends the replay.
+ReplayHandler = Callable[[int, Delivery | None], bool]
+
+
+class HistorySink(Protocol):
+    """What a broker's history tells the hub, on the event loop (besides the messages,
+    which go to ``on_delivery`` with their ``stream``, ``offset`` and ``epoch``)."""
+
+    def history_ready(self, stream: int, epoch: str, after: int) -> None:
+        """From now on, every entry of log ``stream`` after offset ``after`` is delivered,
+        in order, in ``epoch``. Called when the live flow starts, and again when it
+        restarts: after a reconnect that continues where the last delivery was, ``epoch``
+        and ``after`` are those of that delivery."""
+        ...
+
+    def history_position(self, stream: int, offset: int) -> None:
+        """The live flow of log ``stream`` passed an entry that is not a message."""
+        ...
+
+
+class BrokerHistory(Protocol):
+    """The history logs of a broker, one per ``HistoryConfig``, indexed as configured."""
+
+    configs: tuple[HistoryConfig, ...]
+    #: Whether the hub's in-process log is the whole history (the memory broker), or a
+    #: cache of a longer one that ``replay`` reads (RabbitMQ).
+    authoritative: bool
+
+    def attach(self, sink: HistorySink) -> None:
+        """Where to report; called once, before the broker starts."""
+        ...
+
+    async def replay(self, stream: int, start: int, handler: ReplayHandler) -> None:
+        """Read log ``stream`` from offset ``start`` (or the oldest entry retained, if
+        later) and call ``handler`` with each entry until it returns ``False``. Raises
+        ``BrokerUnavailable`` when disconnected, ``BrokerError`` if the broker refuses."""
         ...

@@ -26,54 +26,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
 
-from rabbitsocks.brokers.base import Broker
+from rabbitsocks.brokers.base import Broker, BrokerHistory
 from rabbitsocks.errors import BrokerError
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.messages import Delivery, Encoder
+from rabbitsocks.pubsub.history import ALREADY_JOINED, NO_HISTORY, Position
+from rabbitsocks.pubsub.resume import Histories, notify_gap, wall_ms
+from rabbitsocks.pubsub.subscription import (
+    FanoutWriter,
+    GapHandler,
+    JoinResult,
+    Subscription,
+)
 from rabbitsocks.topics import TopicTrie, is_pattern
 
-__all__ = ["FanoutWriter", "Hub", "JoinResult", "Subscription"]
+_monotonic = time.monotonic
+
+__all__ = ["FanoutWriter", "GapHandler", "Hub", "JoinResult", "Subscription"]
 
 logger = logging.getLogger("rabbitsocks.hub")
-
-
-class FanoutWriter(Protocol):
-    """Where a subscription's messages go: any ``Writer`` (its ``send_shared``)."""
-
-    def send_shared(self, frame: SharedFrame) -> None: ...
-
-
-class Subscription:
-    """One subscriber of the hub: a writer, and the format its messages are encoded in.
-
-    Made by ``Hub.register``; a connection usually has one, a protocol with several
-    subscriptions per connection (STOMP's ``SUBSCRIBE``) has one each. Compared by identity.
-    """
-
-    __slots__ = ("encoder", "send", "writer")
-
-    def __init__(self, writer: FanoutWriter, encoder: Encoder) -> None:
-        self.writer = writer
-        self.encoder = encoder
-        self.send = writer.send_shared  # bound once: one call per delivery on the hot path
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.writer!r}>"
-
-
-@dataclass(slots=True)
-class JoinResult:
-    """The outcome of a join or a leave: topics done, and topics refused by reason."""
-
-    done: list[str] = field(default_factory=list)
-    refused: dict[str, list[str]] = field(default_factory=dict)
-
-    def refuse(self, topic: str, reason: str) -> None:
-        self.refused.setdefault(reason, []).append(topic)
 
 
 class _Binding:
@@ -96,6 +70,21 @@ class Hub:
         self._patterns: TopicTrie[Subscription] = TopicTrie()
         self._joined: dict[Subscription, set[str]] = {}
         self._bindings: dict[str, _Binding] = {}
+        #: The broker's history logs, if it has any (pubsub/history.py).
+        self.history: Histories | None = None
+        history: BrokerHistory | None = getattr(broker, "history", None)
+        if history is not None:
+            self.history = Histories(
+                history,
+                self.fan_out,
+                self.encode,
+                broker.name,
+                getattr(history, "max_replays", 16),
+            )
+        #: When the queue last delivered, and when the broker last came up (monotonic).
+        self._last_delivery = 0.0
+        self._up_since = time.monotonic()
+        self._down_since: float | None = None
         #: Messages received from the broker, frames handed to connections, topics joined
         #: and left. (Bytes are counted by the transports, which know their framing.)
         self.messages_in = 0
@@ -119,6 +108,29 @@ class Hub:
     def _on_state(self, connected: bool) -> None:
         # The broker itself logs each outage and recovery once, with its reason.
         logger.debug("broker %s %s", self.broker.name, "up" if connected else "down")
+        now = time.monotonic()
+        if not connected:
+            # The queue went with the connection: anything routed to it since its last
+            # delivery (or its start) may be lost. Said once the broker is back.
+            if self._down_since is None:
+                self._down_since = max(self._up_since, self._last_delivery)
+            return
+        self._up_since = now
+        since, self._down_since = self._down_since, None
+        if since is not None:
+            self._gap(since, now)
+
+    def _gap(self, since: float, until: float) -> None:
+        """Tell each subscription its topics without history that messages published
+        between ``since`` and ``until`` (monotonic) may be missing."""
+        start_ms, end_ms = wall_ms(since), wall_ms(until)
+        history = self.history
+        for sub, topics in list(self._joined.items()):
+            if sub.on_gap is None or not topics:
+                continue
+            live = sorted(t for t in topics if history is None or not history.serves(sub, t))
+            if live:
+                notify_gap(sub, live, start_ms, end_ms)
 
     @property
     def connected(self) -> bool:
@@ -126,12 +138,15 @@ class Hub:
 
     # --- subscribers ----------------------------------------------------------------------
 
-    def register(self, writer: FanoutWriter, encoder: Encoder) -> Subscription:
+    def register(
+        self, writer: FanoutWriter, encoder: Encoder, on_gap: GapHandler | None = None
+    ) -> Subscription:
         """A new subscription sending to ``writer`` in ``encoder``'s format, able to join.
 
+        ``on_gap`` is told when messages of its topics may have been missed (``#gap``).
         Undo it with ``unregister`` (a callback does so in ``terminate``).
         """
-        sub = Subscription(writer, encoder)
+        sub = Subscription(writer, encoder, on_gap)
         self._joined[sub] = set()
         return sub
 
@@ -153,28 +168,64 @@ class Hub:
     def subscribers(self) -> int:
         return len(self._joined)
 
-    async def join(self, sub: Subscription, topics: Iterable[str]) -> JoinResult:
+    async def join(
+        self,
+        sub: Subscription,
+        topics: Iterable[str],
+        since: Mapping[str, Position] | None = None,
+    ) -> JoinResult:
         """Join valid ``topics``; returns once every binding is in effect on the broker.
 
         Deliveries to ``sub`` start only when every topic is done, all at once and just
         before returning: a message of a topic must not reach the connection ahead of the
         ``@join`` that lists it (each bind suspends, and the answer is sent after the last).
+
+        A topic served by a history log (see ``Histories``) binds nothing; with a position
+        in ``since``, the messages after it come in ``result.replay``, to be sent right after
+        the answer, and ``result.resumed`` says whether they are all there.
         """
         result = JoinResult()
+        history = self.history
+        joined = self._joined.get(sub)
+        plan = None
+        if history is not None and joined is not None:
+            plan = history.plan(sub, result, joined)
         for topic in topics:
             joined = self._joined.get(sub)
+            position = since.get(topic) if since else None
             if joined is None:
                 result.refuse(topic, "connection closed")
-            elif topic in joined:
+                continue
+            if topic in joined:
                 result.done.append(topic)
-            else:
+                if position is not None:
+                    result.resumed[topic] = ALREADY_JOINED
+                continue
+            taken = await plan.add(topic, position) if plan is not None else None
+            if taken:
+                joined.add(topic)
+                self.joins += 1
+                result.done.append(topic)
+            elif taken is None:
                 await self._join_one(sub, topic, result)
-        if self._joined.get(sub) is not None:  # else unregister() undid the joins
-            for topic in result.done:
-                if is_pattern(topic):
-                    self._patterns.add(topic, sub)
-                else:
-                    self._exact.setdefault(topic, set()).add(sub)
+                if position is not None and topic in joined:
+                    result.resumed[topic] = NO_HISTORY
+        try:
+            if plan is not None:
+                await plan.resume()
+            if self._joined.get(sub) is not None:  # else unregister() undid the joins
+                for topic in result.done:
+                    if plan is not None and topic in plan.topics:
+                        continue
+                    if is_pattern(topic):
+                        self._patterns.add(topic, sub)
+                    else:
+                        self._exact.setdefault(topic, set()).add(sub)
+                if plan is not None:
+                    plan.finish()
+        finally:
+            if plan is not None:
+                plan.release()
         return result
 
     @contextlib.asynccontextmanager
@@ -235,6 +286,14 @@ class Hub:
         return result
 
     async def _leave_topics(self, sub: Subscription, topics: list[str], result: JoinResult) -> None:
+        history = self.history
+        if history is not None:
+            rest = history.leave(sub, topics, self._joined.get(sub, ()))
+            for topic in topics:
+                if topic not in rest:
+                    self.leaves += 1
+                    result.done.append(topic)
+            topics = rest
         # Stop delivering at once, before any await: after @leave nothing more arrives.
         for topic in topics:
             if is_pattern(topic):
@@ -266,7 +325,11 @@ class Hub:
 
     def deliver(self, delivery: Delivery) -> None:
         """Hand one broker message to every local subscription whose topics match it."""
+        if delivery.stream is not None:
+            self.history.deliver(delivery)  # type: ignore[union-attr]
+            return
         self.messages_in += 1
+        self._last_delivery = _monotonic()
         routing_key = delivery.routing_key
         subs: set[Subscription] | None = self._exact.get(routing_key)
         if self._patterns:
@@ -275,13 +338,21 @@ class Hub:
                 subs = matched | subs if subs else matched
         if not subs:
             return
+        if self.history is not None and self.history.overlapping:
+            # Subscriptions that get this message from a history log too get it once.
+            subs = self.history.without_logged(routing_key, subs)
+        self.fan_out(delivery, subs)
+
+    def fan_out(self, delivery: Delivery, subs: Iterable[Subscription]) -> None:
+        """Send ``delivery`` to ``subs``, encoded once per encoder."""
+        routing_key = delivery.routing_key
         encoder: Encoder | None = None
         frame: SharedFrame | None = None
         sent = 0
         for sub in subs:
             if sub.encoder is not encoder:  # most messages have one format for everyone
                 encoder = sub.encoder
-                frame = self._encode(delivery, encoder)
+                frame = self.encode(delivery, encoder)
             if frame is None:
                 continue
             try:
@@ -291,7 +362,7 @@ class Hub:
                 logger.exception("delivery of %r failed on one connection", routing_key)
         self.deliveries_out += sent
 
-    def _encode(self, delivery: Delivery, encoder: Encoder) -> SharedFrame | None:
+    def encode(self, delivery: Delivery, encoder: Encoder) -> SharedFrame | None:
         try:
             frame = delivery.encoded(encoder)
         except Exception:

@@ -18,6 +18,17 @@ Server to client::
     {"topic": "#error", "payload": "frame is not valid JSON"}       unparsable command
     {"topic": "sensors.1.temp", "payload": "21.5"}                  a message
     {"topic": "sensors.1.raw", "payload": "AAEC", "encoding": "base64"}
+    {"topic": "chat.1", "payload": "hi", "offset": 7, "epoch": "k3j9"}  a message with history
+    {"topic": "@resume", "payload": ["chat.1"], "recovered": true}     after @join, see below
+    {"topic": "#gap", "payload": ["news.*"], "from": ms, "to": ms}     messages may be missed
+
+A join may carry, per topic, the position of the last message the client received::
+
+    {"command": "join", "topics": ["chat.1"], "since": {"chat.1": {"offset": 7, "epoch": "k3j9"}}}
+
+A position that is not one does not fail the command: the topic is refused with ``#join``
+(``Command.since`` holds the reason instead of a ``Position``). ``since`` that is not an
+object, or that names a topic not in ``topics``, fails the command.
 
 A message body is sent as text when it is valid UTF-8, and as base64 with
 ``"encoding": "base64"`` otherwise, since a JSON string can only carry text.
@@ -31,7 +42,7 @@ RFC 8259 section 7, and they are shorter than ``\\uXXXX`` escapes).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +51,7 @@ import orjson
 from rabbitsocks.errors import ProtocolError
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.messages import Delivery
+from rabbitsocks.pubsub.history import Position
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -47,11 +59,14 @@ __all__ = [
     "Command",
     "encode_delivery",
     "encode_error",
+    "encode_gap",
     "encode_join_failed",
     "encode_joined",
     "encode_leave_failed",
     "encode_left",
     "encode_message",
+    "encode_message_at",
+    "encode_resumed",
     "parse_command",
 ]
 
@@ -74,6 +89,8 @@ class Command:
     command: Literal["join", "leave"]
     topics: tuple[str, ...]
     broker: str | None = None
+    #: ``join`` only: topic -> its position, or why the position given is not one.
+    since: Mapping[str, Position | str] | None = None
 
 
 def parse_command(
@@ -140,7 +157,34 @@ def parse_command(
         raise ProtocolError("payload is not a string")
 
     # dict.fromkeys: unique, first occurrence first.
-    return Command(name, tuple(dict.fromkeys(topics)), broker)
+    unique = tuple(dict.fromkeys(topics))
+    raw_since = data.get("since")
+    if raw_since is None or name == "leave":
+        return Command(name, unique, broker)
+    if type(raw_since) is not dict:
+        raise ProtocolError("since is not an object")
+    if raw_since and not set(raw_since) <= set(unique):
+        raise ProtocolError("since names a topic that is not in topics")
+    return Command(name, unique, broker, {t: _position(p) for t, p in raw_since.items()})
+
+
+#: The largest offset: RabbitMQ stream offsets are signed 64-bit integers.
+MAX_OFFSET = (1 << 63) - 1
+MAX_EPOCH_LENGTH = 64
+
+
+def _position(raw: object) -> Position | str:
+    """A ``since`` entry as a ``Position``, or the reason it is not one."""
+    if type(raw) is not dict or "offset" not in raw or "epoch" not in raw:
+        return 'invalid position: expected {"offset": integer, "epoch": string}'
+    offset, epoch = raw["offset"], raw["epoch"]
+    if type(offset) is not int:  # bool is not int here, nor is 7.0
+        return "invalid position: offset is not an integer"
+    if not 0 <= offset <= MAX_OFFSET:
+        return "invalid position: offset out of range"
+    if type(epoch) is not str or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        return f"invalid position: epoch is not a string of 1 to {MAX_EPOCH_LENGTH} characters"
+    return Position(offset, epoch)
 
 
 def _why_not_json(frame: str | bytes) -> str:
@@ -217,10 +261,59 @@ def encode_message(routing_key: str, body: bytes) -> str:
     return _dumps({"topic": routing_key, "payload": text}).decode()
 
 
-def encode_delivery(delivery: Delivery) -> SharedFrame | None:
-    """The hub's ``Encoder`` for pubsub: a delivery as a shared ``encode_message`` frame, or
-    ``None`` for a routing key that cannot be JSON (not UTF-8, see brokers/amqp.py)."""
+def encode_message_at(routing_key: str, body: bytes, offset: int, epoch: str) -> str:
+    """A message of a history log: ``encode_message`` plus its ``offset`` and ``epoch``
+    (extra keys, which clients that do not resume ignore)."""
     try:
-        return SharedFrame(encode_message(delivery.routing_key, delivery.body))
+        text = body.decode()
+    except UnicodeDecodeError:
+        encoded = base64.b64encode(body).decode("ascii")
+        return _dumps(
+            {
+                "topic": routing_key,
+                "payload": encoded,
+                "encoding": "base64",
+                "offset": offset,
+                "epoch": epoch,
+            }
+        ).decode()
+    return _dumps(
+        {"topic": routing_key, "payload": text, "offset": offset, "epoch": epoch}
+    ).decode()
+
+
+def encode_delivery(delivery: Delivery) -> SharedFrame | None:
+    """The hub's ``Encoder`` for pubsub: a delivery as a shared ``encode_message`` frame
+    (``encode_message_at`` for a message of a history log), or ``None`` for a routing key
+    that cannot be JSON (not UTF-8, see brokers/amqp.py)."""
+    try:
+        if delivery.stream is None:
+            return SharedFrame(encode_message(delivery.routing_key, delivery.body))
+        return SharedFrame(
+            encode_message_at(delivery.routing_key, delivery.body, delivery.offset, delivery.epoch)
+        )
     except TypeError:  # orjson refuses a str with lone surrogates
         return None
+
+
+def encode_resumed(topics: Iterable[str], reason: str | None) -> str:
+    """``{"topic":"@resume","payload":[...],"recovered":...}``: what a join with positions
+    could replay; ``reason`` ``None`` means everything (``recovered: true``)."""
+    if reason is None:
+        frame = {"topic": "@resume", "payload": _topic_list(topics), "recovered": True}
+    else:
+        frame = {
+            "topic": "@resume",
+            "payload": _topic_list(topics),
+            "recovered": False,
+            "reason": reason,
+        }
+    return _dumps(frame).decode()
+
+
+def encode_gap(topics: Iterable[str], start_ms: int, end_ms: int) -> str:
+    """``{"topic":"#gap","payload":[...],"from":ms,"to":ms}``: messages of those topics
+    published between the two moments (ms since the Unix epoch) may not have arrived."""
+    return _dumps(
+        {"topic": "#gap", "payload": _topic_list(topics), "from": start_ms, "to": end_ms}
+    ).decode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from base64 import b64decode
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,15 +19,18 @@ import yaml
 from callbacks.pubsub import Options
 from rabbitsocks import ProtocolError, Services, start_listener
 from rabbitsocks.brokers.memory import MemoryBroker
-from rabbitsocks.config import load_config, parse_config
+from rabbitsocks.config import HistoryConfig, load_config, parse_config
 from rabbitsocks.plan import plan_config
 from rabbitsocks.pubsub.protocol import (
     encode_error,
+    encode_gap,
     encode_join_failed,
     encode_joined,
     encode_leave_failed,
     encode_left,
     encode_message,
+    encode_message_at,
+    encode_resumed,
     parse_command,
 )
 from rabbitsocks.topics import TopicTrie, topic_matches, validate_topic
@@ -49,7 +53,10 @@ class WireExample:
     line: int
     options: dict[str, Any] = field(default_factory=dict)
     replay: bool = True
-    #: ("send", text), ("receive", text) or ("publish", (routing key, body)).
+    #: The broker's ``history`` configuration (``# history: [...]``), if any.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: ("send", text), ("receive", text), ("publish", (routing key, body)) or
+    #: ("reconnect", None).
     steps: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -78,6 +85,10 @@ def wire_examples() -> list[WireExample]:
                 example.options = json.loads(line.removeprefix("# listener options: "))
             elif line.startswith("# not replayed"):
                 example.replay = False
+            elif line.startswith("# history: "):
+                example.history = json.loads(line.removeprefix("# history: "))
+            elif line == "# reconnect":
+                example.steps.append(("reconnect", None))
             elif line.startswith("→ "):
                 example.steps.append(("send", line.removeprefix("→ ")))
             elif line.startswith("← "):
@@ -96,7 +107,9 @@ WIRE_EXAMPLES = wire_examples()
 
 def test_the_doc_has_wire_examples() -> None:
     assert len(WIRE_EXAMPLES) >= 10
-    assert sum(not e.replay for e in WIRE_EXAMPLES) == 1  # the outage, checked below
+    # The outage (checked below) and #gap (tests/integration/test_history_amqp.py).
+    assert sum(not e.replay for e in WIRE_EXAMPLES) == 2
+    assert sum(bool(e.history) for e in WIRE_EXAMPLES) >= 5
 
 
 def _reencoded(text: str, body: bytes | None) -> str:
@@ -113,7 +126,13 @@ def _reencoded(text: str, body: bytes | None) -> str:
         return encode_leave_failed(payload, reason)
     if topic == "#error":
         return encode_error(payload)
+    if topic == "@resume":
+        return encode_resumed(payload, None if frame["recovered"] else reason)
+    if topic == "#gap":
+        return encode_gap(payload, frame["from"], frame["to"])
     assert body is not None, f"a message frame without a publish before it: {text}"
+    if "offset" in frame:
+        return encode_message_at(topic, body, frame["offset"], frame["epoch"])
     return encode_message(topic, body)
 
 
@@ -124,8 +143,14 @@ def test_doc_frames_are_what_the_encoders_write(example: WireExample) -> None:
         if kind == "publish":
             body = value[1]
         elif kind == "receive":
-            assert _reencoded(value, body) == value
-        else:
+            frame = json.loads(value)
+            if "offset" in frame:  # replayed: not the last message published
+                payload = frame["payload"]
+                replayed = payload.encode() if "encoding" not in frame else b64decode(payload)
+                assert _reencoded(value, replayed) == value
+            else:
+                assert _reencoded(value, body) == value
+        elif kind == "send":
             try:
                 command = parse_command(value)
             except ProtocolError:
@@ -140,9 +165,14 @@ def test_doc_frames_are_what_the_encoders_write(example: WireExample) -> None:
 async def test_doc_examples_replayed_on_a_real_server(
     example: WireExample, transport: Transport, clients: Clients
 ) -> None:
-    # The examples name the broker "amqp": here a memory broker under that name.
+    # The examples name the broker "amqp": here a memory broker under that name, whose
+    # history logs have the epoch the examples show.
+    history = [HistoryConfig(**entry) for entry in example.history]
     services = Services(
-        brokers={"memory": MemoryBroker("memory"), "amqp": MemoryBroker("amqp")},
+        brokers={
+            "memory": MemoryBroker("memory"),
+            "amqp": MemoryBroker("amqp", history, epoch="k3j9"),
+        },
         default_broker="amqp",
     )
     await services.start()
@@ -156,6 +186,9 @@ async def test_doc_examples_replayed_on_a_real_server(
                 await client.send_text(value)
             elif kind == "receive":
                 assert await client.next_text() == value
+            elif kind == "reconnect":
+                await client.close()
+                client = await clients.connect(transport, listener.port)
             else:
                 await services.brokers["amqp"].publish(*value)
         # Nothing else arrived: the next frame answers this command.

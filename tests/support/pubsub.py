@@ -102,6 +102,16 @@ BAD_FRAMES: list[tuple[str, Any, str]] = [
         {"command": "join", "topics": [f"t{i}" for i in range(1001)]},
         "too many topics in one command (max 1000)",
     ),
+    (
+        "since not an object",
+        {"command": "join", "topics": ["a"], "since": ["a"]},
+        "since is not an object",
+    ),
+    (
+        "since names another topic",
+        {"command": "join", "topics": ["a"], "since": {"b": {"offset": 1, "epoch": "e"}}},
+        "since names a topic that is not in topics",
+    ),
     ("binary garbage", b"\x00\x01garbage", "frame is not valid JSON"),
     ("binary invalid UTF-8", b'{"command":"join","topics":["\xff"]}', "frame is not valid UTF-8"),
     ("binary truncated UTF-8", b"\xc3", "frame is not valid UTF-8"),
