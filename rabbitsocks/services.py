@@ -50,6 +50,8 @@ def make_broker(name: str, config: BrokerConfig) -> Broker:
         rebalance=config.rebalance,
         rebalance_interval=config.rebalance_interval,
         tls=AmqpTls(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_name),
+        history=config.history,
+        history_replays=config.history_replays,
     )
 
 

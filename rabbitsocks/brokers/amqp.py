@@ -108,7 +108,9 @@ from rabbitsocks.brokers.amqp_session import (
     reason,
 )
 from rabbitsocks.brokers.base import DeliveryHandler, StateHandler
+from rabbitsocks.brokers.streams import StreamHistory
 from rabbitsocks.compat import lenient_shortstr
+from rabbitsocks.config import HistoryConfig
 from rabbitsocks.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -192,6 +194,8 @@ class AmqpBroker:
         rebalance: bool = False,
         rebalance_interval: float = 30.0,
         tls: AmqpTls | None = None,
+        history: Sequence[HistoryConfig] = (),
+        history_replays: int = 16,
     ) -> None:
         if reconnect_min <= 0 or reconnect_max < reconnect_min:
             raise ValueError("expected 0 < reconnect_min <= reconnect_max")
@@ -221,6 +225,12 @@ class AmqpBroker:
         self._rebalance_interval = rebalance_interval
         self._tls = tls
         self._ssl_context: ssl.SSLContext | None = None
+        #: The history patterns' streams (brokers/streams.py), told of each session.
+        self.history: StreamHistory | None = None
+        if history:
+            self.history = StreamHistory(
+                name, exchange, history, max_replays=history_replays, timeout=connect_timeout
+            )
 
         self._state = _State.IDLE
         self._session: Session | None = None
@@ -347,6 +357,8 @@ class AmqpBroker:
             self._ssl_context = await asyncio.to_thread(self._tls.context)
         self._on_delivery = on_delivery
         self._on_state = on_state
+        if self.history is not None:
+            self.history.started(on_delivery)
         self._state = _State.CONNECTING
         first = self._first_attempt = asyncio.get_running_loop().create_future()
         self._supervisor = asyncio.create_task(
@@ -426,6 +438,8 @@ class AmqpBroker:
         if self._background:
             # Give confirms in flight a chance before the connection goes.
             await asyncio.wait(set(self._background), timeout=self._confirm_timeout)
+        if self.history is not None:
+            await self.history.close()
         session, self._session = self._session, None
         if session is not None:
             await self._discard(session)
@@ -552,6 +566,9 @@ class AmqpBroker:
                 await self._discard(new)
                 return False
             self._session = new
+            if self.history is not None:
+                # The streams follow: consumed on the new session from where they were.
+                self.history.session_up(new.connection)
         log.info(
             "broker %r: back on %s (from %s), queue %s, %d pattern(s) bound",
             self.name,
@@ -669,6 +686,8 @@ class AmqpBroker:
     def _session_up(self, session: Session) -> None:
         self._session = session
         self._state = _State.CONNECTED
+        if self.history is not None:
+            self.history.session_up(session.connection)
         self._unready = "no probe has passed on this connection yet" if self._probing else None
         if self._last_node is not None and self._last_node != session.node:
             self.failovers += 1
@@ -735,6 +754,8 @@ class AmqpBroker:
                 waiter.cancel()
         if session is not self._session or self._state is not _State.CONNECTED:
             return  # a session still being set up, or one we are closing ourselves
+        if self.history is not None:
+            self.history.session_lost()
         self._session = None
         self._state = _State.WAITING
         self._outage_since = time.monotonic()

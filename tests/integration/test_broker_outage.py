@@ -140,8 +140,12 @@ async def test_rpc_publish_fails_clearly_during_an_outage_and_works_after(
             await wait_until(lambda: broker.connected, 20, "the broker to reconnect")
             assert await rpc.http(amqp_topic, b"after") == (200, {"ok": True}, None)
             await rpc.goridge.publish(amqp_topic, b"after, goridge")
-            # What failed during the outage never arrives; what follows does, in order.
+            # What failed during the outage never arrives, and its subscribers are told
+            # (#gap); what follows does, in order.
             for client in subscribers:
+                gap = await client.next()
+                assert (gap["topic"], gap["payload"]) == ("#gap", [amqp_topic])
+                assert gap["from"] <= gap["to"]
                 await expect_message(client, amqp_topic, "after")
                 await expect_message(client, amqp_topic, "after, goridge")
         finally:

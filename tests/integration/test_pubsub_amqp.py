@@ -489,5 +489,10 @@ async def test_rabbitmq_restart_delivery_resumes_without_rejoining(
             await publisher.publish(f"{t}.x", b"back")
         finally:
             await publisher.close()
+        # Both are told that messages of their topics may have been missed meanwhile.
+        for client, topics in ((ws, [f"{t}.*"]), (sio, [f"{t}.*", f"{t}.x"])):
+            gap = await client.next()
+            assert (gap["topic"], gap["payload"]) == ("#gap", topics)
+            assert gap["from"] <= gap["to"]
         await ws.expect(msg(f"{t}.x", "back"))
         await sio.expect(msg(f"{t}.x", "back"))

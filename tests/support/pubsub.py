@@ -417,15 +417,18 @@ async def bridge(
     options: dict[str, Any] | None = None,
     *,
     urls: Sequence[str] | None = None,
+    publish_to: str | None = None,
     **amqp: Any,
 ) -> AsyncIterator[Bridge]:
-    """A pubsub listener on ``kind``; ``urls`` (RabbitMQ nodes, a private cluster's) instead
-    of the test RabbitMQ. The bridge's own publisher uses the first URL."""
+    """A pubsub listener on ``kind``; ``urls`` (RabbitMQ nodes, a private cluster's, or a
+    relay the test cuts) instead of the test RabbitMQ. The bridge's own publisher uses
+    ``publish_to``, else the first URL."""
     url = (urls[0] if urls else amqp_url()) if kind == "amqp" else None
     if urls:
         services = make_services(kind, **amqp, url=list(urls))
     else:
         services = make_services(kind, url, **amqp)
+    direct = publish_to or url
     await services.start()
     listener: Listener | None = None
     handle: Bridge | None = None
@@ -441,8 +444,8 @@ async def bridge(
             limits=LimitsConfig(connect_burst=20_000),
         )
         handle = Bridge(kind, services, listener)
-        if url is not None:
-            handle.publisher = await AmqpPublisher.open(url)
+        if direct is not None:
+            handle.publisher = await AmqpPublisher.open(direct)
         yield handle
     finally:
         if handle is not None:

@@ -1,0 +1,275 @@
+"""History on the real RabbitMQ, with real clients over both transports: replay then live
+with nothing lost or repeated at the seam, resuming on another bridge, positions older
+than retention, a bridge that loses RabbitMQ and continues its streams, #gap for topics
+without history, and hostile positions. Each test has streams of its own, deleted after.
+
+The bridge outages here are a TCP relay the test cuts (tests/support/relay.py): the
+shared RabbitMQ is never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from rabbitsocks.config import HistoryConfig
+from tests.integration.conftest import RabbitAdmin
+from tests.support.history import Resumer, deleted_afterwards, history_bridge, recovered
+from tests.support.procfs import wait_until
+from tests.support.pubsub import (
+    TRANSPORTS,
+    WAIT,
+    AmqpPublisher,
+    Clients,
+    Transport,
+    client_pool,
+    unique,
+    until_connected,
+)
+from tests.support.relay import tcp_relay
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    async with client_pool() as pool:
+        yield pool
+
+
+@pytest.fixture
+async def prefix(amqp_url: str) -> AsyncIterator[str]:
+    """Topic words of this test's own, whose stream (see ``chat``) is deleted after it."""
+    prefix = unique("hist")
+    async with deleted_afterwards(amqp_url, f"rs-test-{prefix}"):
+        yield prefix
+
+
+def chat(prefix: str, **settings: object) -> HistoryConfig:
+    """The history of ``<prefix>.#`` in the test's own stream."""
+    return HistoryConfig(f"{prefix}.#", stream=f"rs-test-{prefix}", **settings)  # type: ignore[arg-type]
+
+
+async def publish_numbered(
+    publisher: AmqpPublisher, topic: str, count: int, start: int = 0, pause: float = 0.0
+) -> None:
+    for i in range(start, start + count):
+        await publisher.publish(topic, str(i).encode())
+        if pause:
+            await asyncio.sleep(pause)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_replay_then_live_without_gap_or_duplicate_at_the_seam(
+    amqp_url: str, clients: Clients, prefix: str, transport: Transport
+) -> None:
+    """A client drops and resumes again and again while a producer publishes: it ends with
+    every message once, in order, and every resume is recovered."""
+    config = chat(prefix)
+    topic = f"{prefix}.room"
+    count = 300
+    async with history_bridge(amqp_url, config) as rabbit:
+        assert rabbit.publisher is not None
+        client = Resumer([topic], transport)
+        await client.connect(clients, rabbit.port)
+        producer = asyncio.create_task(
+            publish_numbered(rabbit.publisher, topic, count, pause=0.002)
+        )
+        try:
+            while client.payloads[-1:] != [str(count - 1)]:
+                await client.read(1)
+                await client.drop()  # missing whatever is published meanwhile
+                answers = await client.connect(clients, rabbit.port)
+                assert recovered(answers), answers
+                if producer.done():
+                    await client.read_until(str(count - 1))
+        finally:
+            await producer
+        assert client.payloads == [str(i) for i in range(count)]
+        assert len(client.answers) > 5
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_resume_on_another_bridge(
+    amqp_url: str, clients: Clients, prefix: str, transport: Transport
+) -> None:
+    """Left one bridge, back to another: to one that was running all along (its memory
+    has the missed messages) and to one started after them (it reads RabbitMQ)."""
+    config = chat(prefix)
+    topic = f"{prefix}.1"
+    async with (
+        history_bridge(amqp_url, config) as first,
+        history_bridge(amqp_url, config) as second,
+    ):
+        assert first.publisher is not None
+        client = Resumer([topic], transport)
+        await client.connect(clients, first.port)
+        await publish_numbered(first.publisher, topic, 3)
+        await client.read(3)
+        await client.drop()
+        await publish_numbered(first.publisher, f"{prefix}.other", 2)
+        await publish_numbered(first.publisher, topic, 3, start=3)
+        answers = await client.connect(clients, second.port)
+        assert recovered(answers)
+        await client.read(3)
+        await client.drop()
+        await publish_numbered(first.publisher, topic, 3, start=6)
+        async with history_bridge(amqp_url, config) as third:
+            hub = third.services.hub()
+            assert hub.history is not None
+            answers = await client.connect(clients, third.port)
+            assert recovered(answers)
+            assert hub.history.broker_replays == 1  # from RabbitMQ, not memory
+            await client.read(3)
+            await first.publish(topic, b"9")
+            await client.read(1)
+        assert client.payloads == [str(i) for i in range(10)]
+
+
+async def test_a_position_older_than_retention_is_not_recovered_then_live(
+    amqp_url: str, clients: Clients, prefix: str
+) -> None:
+    # Small segments, so that RabbitMQ's retention drops the oldest ones soon.
+    config = chat(prefix, max_bytes=20_000, segment_bytes=5_000, cache_messages=5)
+    topic = f"{prefix}.1"
+    async with history_bridge(amqp_url, config) as rabbit:
+        assert rabbit.publisher is not None
+        client = Resumer([topic], "websocket")
+        await client.connect(clients, rabbit.port)
+        await rabbit.publish(topic, b"first")
+        await client.read(1)
+        await client.drop()
+        body = b"x" * 1000
+        hub = rabbit.services.hub()
+        assert hub.history is not None
+        stream = hub.history.streams[0]
+        # Retention is applied when a segment fills: publish until offset 0 is gone.
+        for _ in range(200):
+            await rabbit.publish(f"{prefix}.filler", body)
+        await rabbit.publish(topic, b"sentinel")
+        deadline = time.monotonic() + WAIT
+        while stream.log.last < 201 and time.monotonic() < deadline:
+            await asyncio.shield(stream.changed())
+        answers = await client.connect(clients, rabbit.port)
+        assert answers[1:] == [
+            {
+                "topic": "@resume",
+                "payload": [topic],
+                "recovered": False,
+                "reason": "position left retention",
+            }
+        ]
+        await rabbit.publish(topic, b"live")
+        await client.read(1)
+        assert client.payloads == ["first", "live"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_streams_continue_after_the_bridge_lost_rabbitmq(
+    amqp_url: str, clients: Clients, prefix: str, transport: Transport
+) -> None:
+    """The bridge loses RabbitMQ: what producers publish meanwhile reaches its clients of
+    history topics once RabbitMQ is back, once and in order; its clients of other topics
+    get #gap instead."""
+    config = chat(prefix)
+    topic, plain = f"{prefix}.1", f"{prefix}plain"
+    async with (
+        tcp_relay(amqp_url) as relay,
+        history_bridge(relay.url, config, reconnect_min=0.05, reconnect_max=0.2) as rabbit,
+    ):
+        # rabbit.publish goes straight to RabbitMQ, not through the relay.
+        client = await clients.connect(transport, rabbit.port)
+        await client.join(topic, plain)
+        await rabbit.publish(topic, b"0")
+        assert (await client.next())["payload"] == "0"
+        before = int(time.time() * 1000)
+        relay.down()
+        broker = rabbit.services.hub().broker
+        await wait_until(lambda: not broker.connected, WAIT, "the outage to be noticed")
+        for i in range(1, 6):
+            await rabbit.publish(topic, str(i).encode())
+            await rabbit.publish(plain, b"lost")
+        await relay.listen()
+        await until_connected(broker)
+        frames = [await client.next() for _ in range(6)]
+        (gap,) = [f for f in frames if f["topic"] == "#gap"]
+        assert gap["payload"] == [plain]
+        assert before - 1000 <= gap["from"] <= gap["to"] <= int(time.time() * 1000)
+        messages = [f["payload"] for f in frames if f["topic"] == topic]
+        assert messages == ["1", "2", "3", "4", "5"]
+        await rabbit.publish(plain, b"after")
+        assert await client.next() == {"topic": plain, "payload": "after"}
+
+
+async def test_a_deleted_stream_is_a_new_epoch(
+    amqp_url: str, clients: Clients, prefix: str, rabbitmq_admin: RabbitAdmin
+) -> None:
+    config = chat(prefix)
+    topic = f"{prefix}.1"
+    name = config.stream_name("amq.topic")
+    async with history_bridge(amqp_url, config) as rabbit:
+        client = Resumer([topic], "websocket")
+        await client.connect(clients, rabbit.port)
+        await rabbit.publish(topic, b"old")
+        await client.read(1)
+        old_epoch = client.frames[0]["epoch"]
+        await client.drop()
+        stream = rabbit.services.hub().history.streams[0]  # type: ignore[union-attr]
+        await rabbitmq_admin.delete_queue(name)
+        deadline = time.monotonic() + WAIT * 2
+        while stream.epoch == old_epoch:
+            assert time.monotonic() < deadline, "the bridge kept the old epoch"
+            await asyncio.wait_for(asyncio.shield(stream.changed()), WAIT * 2)
+        answers = await client.connect(clients, rabbit.port)
+        assert answers[1]["reason"] == "epoch changed"
+        await rabbit.publish(topic, b"new")
+        (frame,) = await client.read(1)
+        assert frame["epoch"] == stream.epoch != old_epoch
+
+
+async def test_hostile_positions_are_answered_and_disturb_nobody(
+    amqp_url: str, clients: Clients, prefix: str
+) -> None:
+    config = chat(prefix, resume_timeout=0.5)
+    topic = f"{prefix}.1"
+    async with history_bridge(amqp_url, config) as rabbit:
+        bystander = await clients.connect("websocket", rabbit.port)
+        await bystander.join(topic)
+        hostile = await clients.connect("socketio", rabbit.port)
+        epoch = rabbit.services.hub().history.streams[0].epoch  # type: ignore[union-attr]
+        await hostile.send_command(
+            {
+                "command": "join",
+                "topics": [topic, f"{prefix}.2", f"{prefix}.3"],
+                "since": {
+                    topic: {"offset": 2**62, "epoch": epoch},
+                    f"{prefix}.2": {"offset": "1", "epoch": epoch},
+                    f"{prefix}.3": {"offset": 1, "epoch": "x" * 65},
+                },
+            }
+        )
+        assert [await hostile.next() for _ in range(4)] == [
+            {"topic": "@join", "payload": [topic]},
+            {
+                "topic": "#join",
+                "payload": [f"{prefix}.2"],
+                "reason": "invalid position: offset is not an integer",
+            },
+            {
+                "topic": "#join",
+                "payload": [f"{prefix}.3"],
+                "reason": "invalid position: epoch is not a string of 1 to 64 characters",
+            },
+            {
+                "topic": "@resume",
+                "payload": [topic],
+                "recovered": False,
+                "reason": "position is ahead of the log",
+            },
+        ]
+        await rabbit.publish(topic, b"for both")
+        assert (await bystander.next())["payload"] == "for both"
+        assert (await hostile.next())["payload"] == "for both"
