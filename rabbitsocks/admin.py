@@ -245,6 +245,53 @@ class ServerCollector(Collector):
                 probe_seconds.add_metric([name], cumulative, probes.latency_sum)
         yield from (up, topics, bindings, messages, dropped, deliveries)
         yield from (joins, leaves, failovers, probe_failures, probe_seconds)
+        yield from self._history()
+
+    def _history(self) -> Iterator[Metric]:
+        """Brokers with history patterns (docs/operations.md, "History streams")."""
+        resumes = CounterMetricFamily(
+            "rabbitsocks_history_resumes",
+            "Topics joined with a position, by outcome (recovered true or false).",
+            labels=["broker", "recovered"],
+        )
+        replayed = CounterMetricFamily(
+            "rabbitsocks_history_replayed",
+            "Messages replayed to resuming clients.",
+            labels=["broker"],
+        )
+        reads = CounterMetricFamily(
+            "rabbitsocks_history_reads",
+            "Reads of RabbitMQ for history: a resume's own replay, or a log read back into"
+            " memory (backfill).",
+            labels=["broker", "kind"],
+        )
+        running = GaugeMetricFamily(
+            "rabbitsocks_history_reads_running", "Reads of RabbitMQ under way.", labels=["broker"]
+        )
+        kept = GaugeMetricFamily(
+            "rabbitsocks_history_messages_in_memory",
+            "Messages of each history log kept in this process.",
+            labels=["broker", "topics"],
+        )
+        offset = GaugeMetricFamily(
+            "rabbitsocks_history_offset",
+            "Offset of the last entry of each history log delivered in this process.",
+            labels=["broker", "topics"],
+        )
+        for name, hub in self.server.services.hubs.items():
+            history = hub.history
+            if history is None:
+                continue
+            resumes.add_metric([name, "true"], history.recovered)
+            resumes.add_metric([name, "false"], history.unrecovered)
+            replayed.add_metric([name], history.replayed)
+            reads.add_metric([name, "resume"], history.broker_replays)
+            reads.add_metric([name, "backfill"], history.backfills)
+            running.add_metric([name], history.reads_running)
+            for stream in history.streams:
+                kept.add_metric([name, stream.pattern], len(stream.log))
+                offset.add_metric([name, stream.pattern], stream.log.last)
+        yield from (resumes, replayed, reads, running, kept, offset)
 
     def _rpc(self) -> Iterator[Metric]:
         rpc = self.server.rpc

@@ -112,6 +112,22 @@ class HistoryLog:
         self.last = delivery.offset
         self._trim()
 
+    def prepend(self, entries: list[Delivery], base: int) -> None:
+        """Older messages, read back from the broker: ``entries`` (in offset order, none
+        above ``base`` of the log) are every message after ``base`` (the argument) up to
+        the log's ``base``. As many as the bounds allow are kept, the newest first."""
+        if base >= self.base:
+            return
+        entries = [e for e in entries if base < e.offset <= self.base]
+        now = self._times[self._start] if len(self) else self._clock()
+        self._offsets = [e.offset for e in entries] + self._offsets[self._start :]
+        self._entries = entries + self._entries[self._start :]
+        self._times = [now] * len(entries) + self._times[self._start :]
+        self._start = 0
+        self.bytes += sum(_size(e) for e in entries)
+        self.base = base
+        self._trim()
+
     def advance(self, offset: int) -> None:
         """An entry that is not a message (a marker) at ``offset``."""
         if offset > self.last:

@@ -103,6 +103,8 @@ class Hub:
         await self.broker.start(self.deliver, self._on_state)
 
     async def close(self) -> None:
+        if self.history is not None:
+            await self.history.close()
         await self.broker.close()
 
     def _on_state(self, connected: bool) -> None:

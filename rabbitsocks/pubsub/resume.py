@@ -80,11 +80,17 @@ class Histories:
         #: topics: a message both match reaches them twice, and the queue's copy is skipped.
         self._dual: set[Subscription] = set()
         self._replays = asyncio.Semaphore(max_replays)
+        #: Reading a log back from the broker into memory: one at a time per log.
+        self._backfills: dict[HistoryStream, asyncio.Task[None]] = {}
         #: Counters for /metrics: resumes answered, replayed messages, RabbitMQ replays.
         self.recovered = 0
         self.unrecovered = 0
         self.replayed = 0
+        #: Reads of the broker: one resume's own, and a log's filling back.
         self.broker_replays = 0
+        self.backfills = 0
+        #: Reads of the broker under way (at most ``max_replays``).
+        self.reads_running = 0
         source.attach(self)
 
     # --- what the broker reports (HistorySink) ------------------------------------------
@@ -92,6 +98,12 @@ class Histories:
     def history_ready(self, stream: int, epoch: str, after: int) -> None:
         log = self.streams[stream]
         since = log.restart(epoch, after)
+        if not log.authoritative and len(log.log) == 0 and after >= 0:
+            # A new log in memory (this process started, or the stream started over): fill
+            # it with the stream's recent past, so that clients coming from elsewhere resume
+            # from memory rather than one replay each.
+            start = max(0, after - log.config.cache_messages + 1)
+            self._backfill_soon(log, start)
         if since is None:
             logger.debug("history %r: live after %d in epoch %s", log.pattern, after, epoch)
             return
@@ -226,12 +238,76 @@ class Histories:
                 while resume.recovering and resume.furthest > log.last:
                     await asyncio.shield(stream.changed())
                 if resume.recovering and not stream.try_position(resume):
-                    await self._replay(resume)
+                    await self._backfill(stream, resume.start)
+                    if resume.recovering and not stream.try_position(resume):
+                        await self._replay(resume)
         except TimeoutError:
             if resume.positioned_at is None:
                 late = [t for t in resume.recovering if resume.positions[t] > log.last]
                 resume.fail(late, AHEAD)
                 resume.fail(resume.recovering, TIMED_OUT)
+
+    async def close(self) -> None:
+        tasks = list(self._backfills.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _backfill_soon(self, stream: HistoryStream, start: int) -> asyncio.Task[None]:
+        task = self._backfills.get(stream)
+        if task is None:
+            task = self._backfills[stream] = asyncio.ensure_future(self._read_back(stream, start))
+            task.add_done_callback(lambda _: self._backfills.pop(stream, None))
+        return task
+
+    async def _backfill(self, stream: HistoryStream, start: int) -> None:
+        """Read ``stream`` back from the broker into its log down to ``start``, if it fits:
+        one read per log at a time, whatever the number of resumes waiting for it."""
+        log = stream.log
+        while not log.covers(start):
+            running = self._backfills.get(stream)
+            if running is None and log.base - start > stream.config.cache_messages - len(log):
+                return  # too far back for memory: each resume replays on its own
+            task = running or self._backfill_soon(stream, start)
+            await asyncio.shield(task)
+            if running is None:
+                return  # ours: done, whether it got there or not
+
+    async def _read_back(self, stream: HistoryStream, start: int) -> None:
+        log, epoch = stream.log, stream.epoch
+        room = stream.config.cache_bytes - log.bytes
+        read: list[Delivery] = []
+        size = 0
+        first: int | None = None
+
+        def handler(offset: int, delivery: Delivery | None) -> bool:
+            nonlocal first, size
+            if stream.epoch != epoch:
+                return False
+            if first is None:
+                first = offset
+            if log.covers(offset):
+                # Everything after ``offset`` is in the log already: join the two, now.
+                log.prepend(read, first - 1)
+                return False
+            if delivery is not None:
+                read.append(delivery)
+                size += len(delivery.body) + len(delivery.routing_key)
+                if size > room:
+                    return False  # more than memory would keep
+            return True
+
+        try:
+            async with self._replays:
+                if not log.covers(start):
+                    self.backfills += 1
+                    self.reads_running += 1
+                    try:
+                        await self.source.replay(stream.index, start, handler)
+                    finally:
+                        self.reads_running -= 1
+        except BrokerError as exc:
+            logger.debug("history %r: reading back failed: %s", stream.pattern, exc)
 
     async def _replay(self, resume: Resume) -> None:
         """Read RabbitMQ from the oldest position until the replay meets the log."""
@@ -270,6 +346,7 @@ class Histories:
             if resume.positioned_at is not None or not resume.recovering:
                 return
             self.broker_replays += 1
+            self.reads_running += 1
             task = asyncio.ensure_future(self.source.replay(stream.index, resume.start, handler))
             try:
                 await asyncio.wait({task, positioned}, return_when=asyncio.FIRST_COMPLETED)
@@ -277,6 +354,7 @@ class Histories:
                 if not task.done():
                     task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+                self.reads_running -= 1
             if not task.cancelled() and (exc := task.exception()) is not None:
                 reason = str(exc) if isinstance(exc, BrokerError) else type(exc).__name__
                 if not isinstance(exc, BrokerError):

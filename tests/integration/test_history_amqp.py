@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -78,14 +79,18 @@ async def test_replay_then_live_without_gap_or_duplicate_at_the_seam(
         producer = asyncio.create_task(
             publish_numbered(rabbit.publisher, topic, count, pause=0.002)
         )
+        last = str(count - 1)
         try:
-            while client.payloads[-1:] != [str(count - 1)]:
+            while True:
                 await client.read(1)
+                if client.payloads[-1] == last:
+                    break
                 await client.drop()  # missing whatever is published meanwhile
                 answers = await client.connect(clients, rabbit.port)
                 assert recovered(answers), answers
                 if producer.done():
-                    await client.read_until(str(count - 1))
+                    await client.read_until(last)
+                    break
         finally:
             await producer
         assert client.payloads == [str(i) for i in range(count)]
@@ -122,7 +127,9 @@ async def test_resume_on_another_bridge(
             assert hub.history is not None
             answers = await client.connect(clients, third.port)
             assert recovered(answers)
-            assert hub.history.broker_replays == 1  # from RabbitMQ, not memory
+            # It read the stream's recent past when it started: from memory.
+            assert hub.history.backfills == 1
+            assert hub.history.broker_replays == 0
             await client.read(3)
             await first.publish(topic, b"9")
             await client.read(1)
@@ -273,3 +280,88 @@ async def test_hostile_positions_are_answered_and_disturb_nobody(
         await rabbit.publish(topic, b"for both")
         assert (await bystander.next())["payload"] == "for both"
         assert (await hostile.next())["payload"] == "for both"
+
+
+@pytest.mark.slow
+async def test_many_clients_resuming_on_a_fresh_bridge_share_one_read(
+    amqp_url: str, clients: Clients, prefix: str
+) -> None:
+    """300 clients left a bridge; a bridge started afterwards takes them all at once. It
+    read the stream's recent past once when it started, serves every resume from memory,
+    and a bystander's live messages keep coming meanwhile."""
+    config = chat(prefix)
+    topic = f"{prefix}.room"
+    count = 300
+    async with history_bridge(amqp_url, config) as first:
+        assert first.publisher is not None
+        witness = Resumer([topic], "websocket")
+        await witness.connect(clients, first.port)
+        await publish_numbered(first.publisher, topic, 20)
+        await witness.read(20)
+    async with history_bridge(amqp_url, config) as second:
+        assert second.publisher is not None
+        hub = second.services.hub()
+        assert hub.history is not None
+        bystander = await clients.connect("websocket", second.port)
+        await bystander.join(f"{prefix}.live")
+        resumers = [Resumer([topic], "websocket" if i % 2 else "socketio") for i in range(count)]
+
+        async def resume(i: int, client: Resumer) -> None:
+            seen = witness.frames[i % 10]  # each left after some message of the ten first
+            client.last = {seen["epoch"]: seen["offset"]}
+            answers = await client.connect(clients, second.port)
+            assert recovered(answers), answers
+            await client.read_until("19", timeout=WAIT * 2)
+            assert client.payloads == [str(k) for k in range(i % 10 + 1, 20)]
+
+        live = asyncio.create_task(publish_numbered(second.publisher, f"{prefix}.live", 50))
+        await asyncio.gather(*(resume(i, c) for i, c in enumerate(resumers)))
+        await live
+        got = [await bystander.next() for _ in range(50)]
+        assert [f["payload"] for f in got] == [str(i) for i in range(50)]
+        assert hub.history.broker_replays == 0
+        assert hub.history.backfills == 1
+        assert hub.history.recovered == count
+
+
+@pytest.mark.slow
+async def test_resumes_older_than_memory_read_rabbitmq_a_few_at_a_time(
+    amqp_url: str, clients: Clients, prefix: str
+) -> None:
+    """Positions older than what a bridge keeps in memory: each resume reads RabbitMQ, at
+    most ``history_replays`` at once, and all are recovered."""
+    config = chat(prefix, cache_messages=5)
+    topic = f"{prefix}.room"
+    async with history_bridge(amqp_url, config, history_replays=2) as rabbit:
+        assert rabbit.publisher is not None
+        witness = Resumer([topic], "websocket")
+        await witness.connect(clients, rabbit.port)
+        await publish_numbered(rabbit.publisher, topic, 30)
+        await witness.read(30)
+        history = rabbit.services.hub().history
+        assert history is not None
+        reading = {"now": 0, "most": 0}
+        replay = history.source.replay
+
+        async def counted(*args: Any) -> None:  # a spy on the real replay
+            reading["now"] += 1
+            reading["most"] = max(reading["most"], reading["now"])
+            try:
+                await replay(*args)
+            finally:
+                reading["now"] -= 1
+
+        history.source.replay = counted  # type: ignore[method-assign]
+        resumers = [Resumer([topic], "websocket") for _ in range(20)]
+
+        async def resume(i: int, client: Resumer) -> None:
+            seen = witness.frames[i % 10]
+            client.last = {seen["epoch"]: seen["offset"]}
+            answers = await client.connect(clients, rabbit.port)
+            assert recovered(answers), answers
+            await client.read_until("29")
+            assert client.payloads == [str(k) for k in range(i % 10 + 1, 30)]
+
+        await asyncio.gather(*(resume(i, c) for i, c in enumerate(resumers)))
+        assert reading["most"] == 2
+        assert history.broker_replays == 20

@@ -97,6 +97,23 @@ def test_markers_advance_last_and_an_empty_log_keeps_base_at_last() -> None:
     assert [d.offset for d in log.after(10)] == [11]
 
 
+def test_older_entries_read_back_go_in_front_as_far_as_bounds_allow() -> None:
+    log = HistoryLog(4, None, None)
+    log.reset(9)
+    log.append(entry(10))
+    log.append(entry(11))
+    # Read back from the broker: every message after 5 up to the log's base (9); what the
+    # log has already (10) is not taken twice.
+    log.prepend([entry(6), entry(8), entry(9), entry(10)], 5)
+    assert [d.offset for d in log.after(6)] == [8, 9, 10, 11]
+    assert log.base == 6  # 6 did not fit in 4: dropped, so the log is complete after 6
+    log.prepend([entry(3)], 2)  # all there is in (2, 6]: it does not fit either
+    assert log.base == 3
+    assert [d.offset for d in log.after(3)] == [8, 9, 10, 11]
+    log.prepend([entry(7)], 9)  # not older than the log's base: nothing to do
+    assert len(log) == 4
+
+
 def test_log_compacts_what_it_dropped() -> None:
     log = HistoryLog(10, None, None)
     log.reset(-1)
