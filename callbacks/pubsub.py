@@ -250,8 +250,17 @@ class PubSub:
             for reason, topics in joined.refused.items():
                 result.refused.setdefault(reason, []).extend(topics)
             result.resumed, result.replay = joined.resumed, joined.replay
+            result.positions = joined.positions
         # Nothing awaits from here on: the answer, then the replay, then the live flow.
-        _answer(writer, result, encode_joined, encode_join_failed)
+        if result.positions:
+            positions = {
+                t: Position(*result.positions[t]) for t in result.done if t in result.positions
+            }
+            writer.send(encode_joined(result.done, positions))
+            for reason, topics in result.refused.items():
+                writer.send(encode_join_failed(topics, reason))
+        else:
+            _answer(writer, result, encode_joined, encode_join_failed)
         if result.resumed:
             outcomes: dict[str | None, list[str]] = {}
             for topic in command.topics:

@@ -180,7 +180,7 @@ def _position(raw: object) -> Position | str:
     offset, epoch = raw["offset"], raw["epoch"]
     if type(offset) is not int:  # bool is not int here, nor is 7.0
         return "invalid position: offset is not an integer"
-    if not 0 <= offset <= MAX_OFFSET:
+    if not -1 <= offset <= MAX_OFFSET:  # -1: before the first entry of a log
         return "invalid position: offset out of range"
     if type(epoch) is not str or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
         return f"invalid position: epoch is not a string of 1 to {MAX_EPOCH_LENGTH} characters"
@@ -213,9 +213,20 @@ def _topic_list(topics: Iterable[str]) -> list[str] | tuple[str, ...]:
     return list(topics)
 
 
-def encode_joined(topics: Iterable[str]) -> str:
-    """``{"topic":"@join","payload":[...]}``: the topics now joined."""
-    return _dumps({"topic": "@join", "payload": _topic_list(topics)}).decode()
+def encode_joined(topics: Iterable[str], positions: Mapping[str, Position] | None = None) -> str:
+    """``{"topic":"@join","payload":[...]}``: the topics now joined. ``positions``: where
+    the log of each history topic joined without a recovered position stands, so that a
+    client has a position to resume from before its first message (``"positions":
+    {topic: {"offset": N, "epoch": E}}``, only when there is one)."""
+    if not positions:
+        return _dumps({"topic": "@join", "payload": _topic_list(topics)}).decode()
+    return _dumps(
+        {
+            "topic": "@join",
+            "payload": _topic_list(topics),
+            "positions": {t: {"offset": p.offset, "epoch": p.epoch} for t, p in positions.items()},
+        }
+    ).decode()
 
 
 def encode_join_failed(topics: Iterable[str], reason: str | None) -> str:

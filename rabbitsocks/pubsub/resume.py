@@ -438,6 +438,10 @@ class JoinPlan:
                 if frame is not None:
                     result.replay.append(frame)
             histories.replayed += len(entries)
+        for topic, stream in self.topics.items():
+            if result.resumed.get(topic, "") is not None:  # not recovered, or no position
+                assert stream.epoch is not None
+                result.positions[topic] = (stream.log.last, stream.epoch)
 
     def release(self) -> None:
         for resume in self.resumes.values():

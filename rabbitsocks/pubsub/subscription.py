@@ -58,6 +58,9 @@ class JoinResult:
     refused: dict[str, list[str]] = field(default_factory=dict)
     resumed: dict[str, str | None] = field(default_factory=dict)
     replay: list[SharedFrame] = field(default_factory=list)
+    #: Where the log of each history topic joined stands (not for those recovered: their
+    #: replay, or the client's own position, says), as (offset, epoch).
+    positions: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def refuse(self, topic: str, reason: str) -> None:
         self.refused.setdefault(reason, []).append(topic)

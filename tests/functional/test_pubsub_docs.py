@@ -21,6 +21,7 @@ from rabbitsocks import ProtocolError, Services, start_listener
 from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.config import HistoryConfig, load_config, parse_config
 from rabbitsocks.plan import plan_config
+from rabbitsocks.pubsub.history import Position
 from rabbitsocks.pubsub.protocol import (
     encode_error,
     encode_gap,
@@ -117,7 +118,10 @@ def _reencoded(text: str, body: bytes | None) -> str:
     frame = json.loads(text)
     topic, payload, reason = frame["topic"], frame["payload"], frame.get("reason")
     if topic == "@join":
-        return encode_joined(payload)
+        positions = {
+            t: Position(p["offset"], p["epoch"]) for t, p in frame.get("positions", {}).items()
+        }
+        return encode_joined(payload, positions)
     if topic == "#join":
         return encode_join_failed(payload, reason)
     if topic == "@leave":

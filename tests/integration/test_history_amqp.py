@@ -18,7 +18,13 @@ import pytest
 
 from rabbitsocks.config import HistoryConfig
 from tests.integration.conftest import RabbitAdmin
-from tests.support.history import Resumer, deleted_afterwards, history_bridge, recovered
+from tests.support.history import (
+    Resumer,
+    deleted_afterwards,
+    history_bridge,
+    join_logged,
+    recovered,
+)
 from tests.support.procfs import wait_until
 from tests.support.pubsub import (
     TRANSPORTS,
@@ -189,7 +195,7 @@ async def test_streams_continue_after_the_bridge_lost_rabbitmq(
     ):
         # rabbit.publish goes straight to RabbitMQ, not through the relay.
         client = await clients.connect(transport, rabbit.port)
-        await client.join(topic, plain)
+        assert set(await join_logged(client, topic, plain)) == {topic}
         await rabbit.publish(topic, b"0")
         assert (await client.next())["payload"] == "0"
         before = int(time.time() * 1000)
@@ -244,9 +250,10 @@ async def test_hostile_positions_are_answered_and_disturb_nobody(
     topic = f"{prefix}.1"
     async with history_bridge(amqp_url, config) as rabbit:
         bystander = await clients.connect("websocket", rabbit.port)
-        await bystander.join(topic)
+        await join_logged(bystander, topic)
         hostile = await clients.connect("socketio", rabbit.port)
-        epoch = rabbit.services.hub().history.streams[0].epoch  # type: ignore[union-attr]
+        stream = rabbit.services.hub().history.streams[0]  # type: ignore[union-attr]
+        epoch = stream.epoch
         await hostile.send_command(
             {
                 "command": "join",
@@ -259,7 +266,12 @@ async def test_hostile_positions_are_answered_and_disturb_nobody(
             }
         )
         assert [await hostile.next() for _ in range(4)] == [
-            {"topic": "@join", "payload": [topic]},
+            {
+                "topic": "@join",
+                "payload": [topic],
+                # Not recovered: where the log stands (nothing was published since).
+                "positions": {topic: {"offset": stream.log.last, "epoch": epoch}},
+            },
             {
                 "topic": "#join",
                 "payload": [f"{prefix}.2"],
@@ -303,7 +315,7 @@ async def test_many_clients_resuming_on_a_fresh_bridge_share_one_read(
         hub = second.services.hub()
         assert hub.history is not None
         bystander = await clients.connect("websocket", second.port)
-        await bystander.join(f"{prefix}.live")
+        await join_logged(bystander, f"{prefix}.live")
         resumers = [Resumer([topic], "websocket" if i % 2 else "socketio") for i in range(count)]
 
         async def resume(i: int, client: Resumer) -> None:

@@ -97,6 +97,10 @@ class Resumer:
         await self.client.send_command(command)
         answers = [await self.client.next()]
         assert answers[0]["topic"] == "@join", answers
+        for position in answers[0].get("positions", {}).values():
+            # Where the log stood: the position until a message says otherwise. It replaces
+            # ours only when ours was not recovered (then @join gives one).
+            self.last = {position["epoch"]: position["offset"]}
         if since:
             outcomes = set(self.topics)
             while outcomes:
@@ -147,3 +151,12 @@ def recovered(answers: list[Frame]) -> bool:
 
 def dumps(frame: Frame) -> str:
     return json.dumps(frame, separators=(",", ":"))
+
+
+async def join_logged(client: PubSubClient, *topics: str) -> dict[str, Any]:
+    """Join ``topics`` (all accepted) and return the positions ``@join`` gives for those
+    with history (the others have none)."""
+    (answer,) = await client.command("join", topics)
+    positions: dict[str, Any] = answer.pop("positions", {})
+    assert answer == {"topic": "@join", "payload": list(topics)}
+    return positions

@@ -195,15 +195,16 @@ def test_since_gives_positions_or_reasons() -> None:
         orjson.dumps(
             {
                 "command": "join",
-                "topics": ["a", "b", "c", "d", "e", "f", "g"],
+                "topics": ["a", "b", "c", "d", "e", "f", "g", "h"],
                 "since": {
                     "a": {"offset": 7, "epoch": "k3j9"},
-                    "b": {"offset": -1, "epoch": "k3j9"},
+                    "b": {"offset": -2, "epoch": "k3j9"},
                     "c": {"offset": 1.0, "epoch": "k3j9"},
                     "d": {"offset": True, "epoch": "k3j9"},
                     "e": {"offset": 1, "epoch": ""},
                     "f": {"offset": 1},
                     "g": {"offset": 2**63, "epoch": "x"},
+                    "h": {"offset": -1, "epoch": "x"},  # before the first entry
                 },
             }
         )
@@ -216,6 +217,7 @@ def test_since_gives_positions_or_reasons() -> None:
         "e": "invalid position: epoch is not a string of 1 to 64 characters",
         "f": 'invalid position: expected {"offset": integer, "epoch": string}',
         "g": "invalid position: offset out of range",
+        "h": Position(-1, "x"),
     }
 
 

@@ -308,3 +308,22 @@ async def test_every_client_gets_every_message_once_in_order(
     for client in clients:
         client["got"] += client["writer"].take()
         check(client)
+
+
+async def test_join_gives_the_position_of_history_topics_not_recovered() -> None:
+    hub, broker = await started(HistoryConfig("chat.#"))
+    _writer, sub = subscriber(hub)
+    result = await hub.join(sub, ["chat.1", "news"])
+    assert result.positions == {"chat.1": (-1, "E")}  # nothing yet: before the first
+    await broker.publish("chat.1", b"a")
+    await broker.publish("chat.2", b"b")
+    _writer, sub = subscriber(hub)
+    result = await hub.join(
+        sub,
+        ["chat.1", "chat.2", "chat.3"],
+        {"chat.1": Position(-1, "E"), "chat.2": Position(0, "old")},
+    )
+    assert result.resumed == {"chat.1": None, "chat.2": "epoch changed"}
+    # chat.1 recovered: its replay says where it is; the others start where the log is.
+    assert result.positions == {"chat.2": (1, "E"), "chat.3": (1, "E")}
+    assert replayed(result) == ["a"]
