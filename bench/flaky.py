@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import base64
 import json
+import os
 import random
 import re
 import resource
@@ -42,9 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import socketio
-import websockets
 
+from bench.procstat import cpu_seconds, rss_bytes
 from bench.targets import ROOT, free_port, wait_listening
 
 PUBLISHER = """
@@ -79,57 +79,113 @@ class Client:
     errors: int = 0
 
 
-class Connection:
-    """One connection of a client: send a command, receive frames (as dicts)."""
+class Wire(asyncio.Protocol):
+    """A bare WebSocket, or Socket.IO on the websocket transport, with as little work per
+    frame as a client can do (a zero mask, frames parsed in place): on a 2-core machine
+    the clients of python-socketio cost more CPU than the two servers, and fell behind."""
 
-    def __init__(self) -> None:
-        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+        self.upgraded = False
+        self.transport: asyncio.Transport | None = None
 
-    async def send(self, command: dict[str, Any]) -> None:
-        raise NotImplementedError
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = "/websocket/" if self.kind == "ws" else "/socket.io/?EIO=4&transport=websocket"
+        transport.write(  # type: ignore[attr-defined]
+            f"GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.frames.put_nowait(None)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before it was ready"))
+
+    def write(self, text: str, opcode: int = 0x1) -> None:
+        payload = text.encode()
+        n = len(payload)
+        head = bytes([0x80 | opcode, 0x80 | n]) if n < 126 else bytes([0x80 | opcode, 0xFE])
+        if n >= 126:
+            head += n.to_bytes(2, "big")
+        # A zero mask is a mask (RFC 6455 5.3 wants unpredictable ones from browsers).
+        assert self.transport is not None
+        self.transport.write(head + b"\0\0\0\0" + payload)
+
+    def send(self, command: dict[str, Any]) -> None:
+        text = json.dumps(command)
+        self.write(text if self.kind == "ws" else "42" + json.dumps(["message", text]))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            buffer = buffer[end + 4 :]
+            self.upgraded = True
+            if self.kind == "ws" and not self.ready.done():
+                self.ready.set_result(None)
+        start = 0
+        while len(buffer) - start >= 2:
+            length = buffer[start + 1] & 0x7F
+            header = 2
+            if length == 126:
+                header = 4
+                if len(buffer) - start < 4:
+                    break
+                length = int.from_bytes(buffer[start + 2 : start + 4], "big")
+            elif length == 127:
+                header = 10
+                if len(buffer) - start < 10:
+                    break
+                length = int.from_bytes(buffer[start + 2 : start + 10], "big")
+            if len(buffer) - start < header + length:
+                break
+            opcode = buffer[start] & 0x0F
+            payload = buffer[start + header : start + header + length]
+            start += header + length
+            if opcode == 0x9:
+                self.write(payload.decode(), 0xA)
+            elif opcode == 0x1:
+                self.text(payload.decode())
+        self.buffer = buffer[start:]
+
+    def text(self, text: str) -> None:
+        if self.kind == "ws":
+            self.frames.put_nowait(json.loads(text))
+        elif text.startswith("42"):
+            event = json.loads(text[2:])
+            if event[0] == "message":
+                self.frames.put_nowait(json.loads(event[1]))
+        elif text == "2":
+            self.write("3")  # Engine.IO pong
+        elif text.startswith("0"):
+            self.write("40")  # connect the / namespace
+        elif text.startswith("40") and not self.ready.done():
+            self.ready.set_result(None)
+
+    def drop(self) -> None:
+        """A network drop: no closing handshake, the server finds out from TCP."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
-class WsConnection(Connection):
-    @classmethod
-    async def open(cls, port: int) -> WsConnection:
-        self = cls()
-        self.ws = await websockets.connect(f"ws://127.0.0.1:{port}/websocket/", max_size=None)
-        self.reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for text in self.ws:
-                self.frames.put_nowait(json.loads(text))
-
-    async def send(self, command: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(command))
-
-    async def close(self) -> None:
-        # A network drop: no closing handshake, the server finds out from TCP.
-        self.ws.transport.abort()
-        self.reader.cancel()
-        await asyncio.gather(self.reader, return_exceptions=True)
-
-
-class SioConnection(Connection):
-    @classmethod
-    async def open(cls, port: int) -> SioConnection:
-        self = cls()
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.sio.on("message", lambda text: self.frames.put_nowait(json.loads(text)))
-        await self.sio.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
-        return self
-
-    async def send(self, command: dict[str, Any]) -> None:
-        await self.sio.send(command)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sio.disconnect(), 5)
+async def open_wire(kind: str, port: int) -> Wire:
+    loop = asyncio.get_running_loop()
+    _, wire = await loop.create_connection(lambda: Wire(kind), "127.0.0.1", port)
+    try:
+        await asyncio.wait_for(wire.ready, 10)
+    except BaseException:
+        wire.drop()
+        raise
+    return wire
 
 
 async def session(
@@ -144,9 +200,7 @@ async def session(
     """Connect, join (with the last position), read until ``until``, ``stop`` or the last
     message, drop."""
     port = random.choice(ports)
-    conn: Connection = await (
-        WsConnection.open(port) if client.transport == "ws" else SioConnection.open(port)
-    )
+    conn = await open_wire(client.transport, port)
     client.connects += 1
     try:
         command: dict[str, Any] = {"command": "join", "topics": [topic]}
@@ -154,7 +208,7 @@ async def session(
             epoch, offset = client.last
             command["since"] = {topic: {"offset": offset, "epoch": epoch}}
         sent = time.monotonic()
-        await conn.send(command)
+        conn.send(command)
         while True:
             remaining = until - time.monotonic()
             if remaining <= 0 or stop.is_set():
@@ -163,6 +217,8 @@ async def session(
                 frame = await asyncio.wait_for(conn.frames.get(), min(remaining, 0.5))
             except TimeoutError:
                 continue
+            if frame is None:
+                raise ConnectionError("the server closed the connection")
             name = frame["topic"]
             if name == "@join":
                 if "since" not in command:
@@ -187,7 +243,7 @@ async def session(
                 if stop.is_set() or client.seqs[-1] == last_seq:
                     return
     finally:
-        await conn.close()
+        conn.drop()
 
 
 async def run_client(
@@ -290,30 +346,87 @@ async def metrics(admin: int) -> dict[str, float]:
     return out
 
 
+async def worker(args: argparse.Namespace) -> None:
+    """A share of the clients, in a process of its own: ``ready`` once they all joined,
+    then ``published`` on stdin ends the run; prints the clients' figures as JSON."""
+    ports = [int(p) for p in args.ports.split(",")]
+    clients = [
+        Client(i, "ws" if i % 2 == 0 else "sio") for i in range(args.first, args.first + args.n)
+    ]
+    published = asyncio.Event()
+    tasks = [
+        asyncio.create_task(
+            run_client(c, ports, args.topic, args.resume, published, args.last_seq, args)
+        )
+        for c in clients
+    ]
+    await asyncio.sleep(2)  # everyone joined before the first message
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    published.set()
+    await asyncio.gather(*tasks)
+    print(json.dumps([c.__dict__ for c in clients]), flush=True)
+
+
 async def one_run(
-    args: argparse.Namespace, ports: list[int], admins: list[int], resume: bool
+    args: argparse.Namespace,
+    ports: list[int],
+    admins: list[int],
+    resume: bool,
+    pids: list[int],
 ) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     topic = f"flaky.{run}" if resume else f"plain{run}"
     count = int(args.rate * args.duration)
-    clients = [Client(i, "ws" if i % 2 == 0 else "sio") for i in range(args.n)]
-    published = asyncio.Event()
     before = [await metrics(a) for a in admins]
-    tasks = [
-        asyncio.create_task(run_client(c, ports, topic, resume, published, count - 1, args))
-        for c in clients
-    ]
-    await asyncio.sleep(2)  # let everyone join before the first message
+    workers = []
+    share = -(-args.n // args.workers)
+    for first in range(0, args.n, share):
+        argv = [
+            sys.executable, "-m", "bench.flaky", "--worker", "--ports", ",".join(map(str, ports)),
+            "--topic", topic, "--first", str(first), "-n", str(min(share, args.n - first)),
+            "--last-seq", str(count - 1), "--offline-min", str(args.offline_min),
+            "--offline-max", str(args.offline_max), "--drain", str(args.drain),
+        ]  # fmt: skip
+        if resume:
+            argv.append("--resume")
+        workers.append(
+            await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 26,
+            )
+        )
+    for proc in workers:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"a client worker did not start: {line!r}")
     started = time.monotonic()
+    cpu = [cpu_seconds(pid) for pid in pids]
     publisher = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PUBLISHER, args.amqp_url, topic, str(args.rate), str(args.duration),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await publisher.communicate()
-    published.set()
-    await asyncio.gather(*tasks)
+    clients: list[Client] = []
+    for proc in workers:
+        assert proc.stdin is not None
+        proc.stdin.write(b"published\n")
+        await proc.stdin.drain()
+    for proc in workers:
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        clients += [Client(**c) for c in json.loads(line)]
+        await proc.wait()
     after = [await metrics(a) for a in admins]
     result = tally(clients, count)
+    result["server_cpu_s"] = round(
+        sum(cpu_seconds(p) - c for p, c in zip(pids, cpu, strict=True)), 1
+    )
+    result["server_rss_mib"] = round(sum(rss_bytes(p) for p in pids) / 2**20, 1)
     result["published"] = int(out.strip() or 0)
     result["seconds"] = round(time.monotonic() - started, 1)
     reads: dict[str, float] = {}
@@ -342,6 +455,8 @@ def show(results: dict[str, dict[str, Any]]) -> None:
         ("join answer p50 ms", "answer_ms_p50"),
         ("join answer p99 ms", "answer_ms_p99"),
         ("client errors", "client_errors"),
+        ("servers' CPU s (both, while publishing)", "server_cpu_s"),
+        ("servers' RSS MiB (both, at the end)", "server_rss_mib"),
     ]
     names = list(results)
     print(f"{'':44}" + "".join(f"{n:>16}" for n in names))
@@ -390,7 +505,8 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         results = {}
         for name, resume in (("resume", True), ("no resume", False)):
-            results[name] = await one_run(args, ports, admins, resume)
+            pids = [server.pid for server in servers]
+            results[name] = await one_run(args, ports, admins, resume, pids)
             print(f"  {name}: done in {results[name]['seconds']} s", flush=True)
         show(results)
         for name, result in results.items():
@@ -423,7 +539,15 @@ def main() -> None:
     p.add_argument("--offline-max", type=float, default=1.0, help="seconds away, at most")
     p.add_argument("--drain", type=float, default=20.0, help="seconds to catch up at the end")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ports", help=argparse.SUPPRESS)
+    p.add_argument("--topic", help=argparse.SUPPRESS)
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--last-seq", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    asyncio.run(worker(args) if args.worker else main_async(args))
 
 
 if __name__ == "__main__":
