@@ -53,93 +53,37 @@ import aiormq.abc
 from pamqp.commands import Basic
 
 from rabbitsocks.brokers.base import DeliveryHandler, HistorySink, ReplayHandler
+from rabbitsocks.brokers.stream_reads import (
+    CONNECTION_ERRORS,
+    EPOCH_HEADER,
+    LIVE_PREFETCH,
+    SENTINEL_HEADER,
+    Acker,
+    is_marker,
+    offset_of,
+    read,
+    until,
+)
 from rabbitsocks.config import HistoryConfig
 from rabbitsocks.errors import BrokerError, BrokerUnavailable
 from rabbitsocks.messages import Delivery
 
-__all__ = ["EPOCH_HEADER", "MARKER_EVERY", "SENTINEL_HEADER", "StreamHistory"]
+__all__ = ["MARKER_EVERY", "StreamHistory"]
 
 log = logging.getLogger(__name__)
 
-EPOCH_HEADER = "x-rabbitsocks-epoch"
-SENTINEL_HEADER = "x-rabbitsocks-sentinel"
 #: Entries, and bytes of bodies, after which a process that saw no epoch marker publishes
 #: one (each process jitters the count up to a quarter more, so they rarely all do).
 MARKER_EVERY = 2000
 MARKER_BYTES = 4 * 1024 * 1024
-#: Unacknowledged deliveries per stream consumer; acknowledged by halves.
-LIVE_PREFETCH = 1000
-REPLAY_PREFETCH = 500
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    RuntimeError,
-)
-
 
 # What a task of a session that is going may raise: it ends quietly, the next session
 # attaches again.
 _QUIET_ERRORS: tuple[type[BaseException], ...] = (
-    *_CONNECTION_ERRORS,
+    *CONNECTION_ERRORS,
     TimeoutError,
     BrokerUnavailable,
 )
-
-
-def _offset(message: aiormq.abc.DeliveredMessage) -> int:
-    headers = message.header.properties.headers or {}
-    offset = headers.get("x-stream-offset")
-    if not isinstance(offset, int):  # pragma: no cover - RabbitMQ always sets it
-        raise BrokerError("a stream delivery without x-stream-offset")
-    return offset
-
-
-async def _until(channel: aiormq.abc.AbstractChannel, future: asyncio.Future[Any]) -> Any:
-    """``future``'s result, or ``BrokerUnavailable`` if ``channel`` closes first (its
-    connection went, or RabbitMQ closed it)."""
-    closing = channel.closing
-    try:
-        await asyncio.wait({future, closing}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not closing.done():
-            closing.cancel()
-    if future.done():
-        return future.result()
-    reason = None if closing.cancelled() else closing.exception()
-    raise BrokerUnavailable(f"the stream channel closed ({reason or 'closed'})")
-
-
-class _Acker:
-    """Acknowledges a consumer's deliveries by halves of its prefetch (``multiple``), and
-    never on a channel that is closing (aiormq would write the frame after Close, and
-    RabbitMQ would close the whole connection: 504 CHANNEL_ERROR)."""
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel, prefetch: int) -> None:
-        self.channel = channel
-        self.every = max(1, prefetch // 2)
-        self.unacked = 0
-        self.closing = False
-
-    async def ack(self, message: aiormq.abc.DeliveredMessage) -> None:
-        self.unacked += 1
-        if self.unacked < self.every or self.closing:
-            return
-        self.unacked = 0
-        tag = message.delivery.delivery_tag  # type: ignore[union-attr]
-        with contextlib.suppress(*_CONNECTION_ERRORS):
-            # wait=False: the frame is queued without waiting for the socket, so this
-            # consumer callback does not yield and deliveries stay in order.
-            await self.channel.basic_ack(tag, multiple=True, wait=False)  # type: ignore[arg-type]
-
-    async def close(self, consumer_tag: str | None) -> None:
-        self.closing = True
-        with contextlib.suppress(Exception):
-            if consumer_tag is not None:
-                await self.channel.basic_cancel(consumer_tag)
-            await self.channel.close()
 
 
 class _Stream:
@@ -165,11 +109,7 @@ class _Stream:
         self.args_warned = False
 
     def is_marker(self, message: aiormq.abc.DeliveredMessage) -> bool:
-        delivery = message.delivery
-        if delivery.exchange != "" or delivery.routing_key != self.name:  # type: ignore[union-attr]
-            return False
-        headers = message.header.properties.headers or {}
-        return EPOCH_HEADER in headers or SENTINEL_HEADER in headers
+        return is_marker(message, self.name)
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -337,7 +277,7 @@ class StreamHistory:
         stream.arrived = asyncio.Event()
         channel = await self._raw_channel(connection)
         await channel.basic_qos(prefetch_count=LIVE_PREFETCH)
-        acker = _Acker(channel, LIVE_PREFETCH)
+        acker = Acker(channel, LIVE_PREFETCH)
 
         async def consume(message: aiormq.abc.DeliveredMessage) -> None:
             if stream.generation != generation:
@@ -381,14 +321,14 @@ class StreamHistory:
         arrived = asyncio.ensure_future(stream.arrived.wait())
         try:
             async with asyncio.timeout(self._timeout * 2):
-                await _until(channel, arrived)
+                await until(channel, arrived)
         finally:
             arrived.cancel()
         if stream.generation != generation:
             return
         pending = stream.pending
         assert pending is not None
-        first = _offset(pending[0])
+        first = offset_of(pending[0])
         sink = self._sink
         assert sink is not None
         if resume_from is not None and first == resume_from:
@@ -435,7 +375,7 @@ class StreamHistory:
 
     def _live(self, stream: _Stream, message: aiormq.abc.DeliveredMessage) -> None:
         """One entry of the live flow, in order, once the epoch is known."""
-        offset = _offset(message)
+        offset = offset_of(message)
         if stream.last is not None and offset <= stream.last:
             return  # pragma: no cover - RabbitMQ delivers each offset once, in order
         stream.last = offset
@@ -512,38 +452,29 @@ class StreamHistory:
     ) -> str | None:
         """Read from ``first`` to the first epoch marker (its token) or, if ``nonce`` is
         given, to our sentinel (``None``)."""
-        channel = await self._raw_channel(connection)
-        await channel.basic_qos(prefetch_count=REPLAY_PREFETCH)
-        acker = _Acker(channel, REPLAY_PREFETCH)
-        found: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        read = 0
+        found: list[str | None] = []
+        read_count = 0
 
-        async def consume(message: aiormq.abc.DeliveredMessage) -> None:
-            nonlocal read
-            if found.done():
-                return
-            read += 1
-            if stream.is_marker(message):
+        def on_entry(offset: int, message: aiormq.abc.DeliveredMessage, marker: bool) -> bool:
+            nonlocal read_count
+            read_count += 1
+            if marker:
                 headers = message.header.properties.headers or {}
                 token = headers.get(EPOCH_HEADER)
                 if isinstance(token, str) and token:
-                    found.set_result(token)
-                    return
+                    found.append(token)
+                    return False
                 if nonce is not None and headers.get(SENTINEL_HEADER) == nonce:
-                    found.set_result(None)
-                    return
-            await acker.ack(message)
+                    found.append(None)
+                    return False
+            return True
 
-        ok = await channel.basic_consume(
-            stream.name, consume, arguments={"x-stream-offset": "first"}
-        )
         try:
-            result: str | None = await _until(channel, found)
-            return result
+            await read(await self._raw_channel(connection), stream.name, "first", on_entry)
         finally:
-            await acker.close(ok.consumer_tag)
-            if read > 2 * MARKER_EVERY:
-                log.info("history %r: read %d entries to find the epoch", stream.name, read)
+            if read_count > 2 * MARKER_EVERY:
+                log.info("history %r: read %d entries to find the epoch", stream.name, read_count)
+        return found[0]
 
     # --- replays ----------------------------------------------------------------------------
 
@@ -552,51 +483,28 @@ class StreamHistory:
         connection = self._connection
         if connection is None:
             raise BrokerUnavailable(f"broker {self._broker!r} is not connected")
-        try:
-            channel = await self._raw_channel(connection)
-            await channel.basic_qos(prefetch_count=REPLAY_PREFETCH)
-        except _CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"broker {self._broker!r}: {exc}") from exc
-        acker = _Acker(channel, REPLAY_PREFETCH)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         epoch = state.epoch or ""
 
-        async def consume(message: aiormq.abc.DeliveredMessage) -> None:
-            if done.done():
-                return
-            offset = _offset(message)
-            if state.is_marker(message):
-                more = handler(offset, None)
-            else:
-                method = message.delivery
-                delivery = Delivery(
-                    method.routing_key,  # type: ignore[union-attr, arg-type]
-                    message.body,
-                    message.header.properties,
-                    method.exchange,  # type: ignore[union-attr]
-                    stream=stream,
-                    offset=offset,
-                    epoch=epoch,
-                )
-                more = handler(offset, delivery)
-            if not more:
-                done.set_result(None)
-                return
-            await acker.ack(message)
-
-        consumer_tag = None
-        try:
-            ok = await channel.basic_consume(
-                state.name, consume, arguments={"x-stream-offset": start}
+        def on_entry(offset: int, message: aiormq.abc.DeliveredMessage, marker: bool) -> bool:
+            if marker:
+                return handler(offset, None)
+            method = message.delivery
+            delivery = Delivery(
+                method.routing_key,  # type: ignore[union-attr, arg-type]
+                message.body,
+                message.header.properties,
+                method.exchange,  # type: ignore[union-attr]
+                stream=stream,
+                offset=offset,
+                epoch=epoch,
             )
-            consumer_tag = ok.consumer_tag
-            await _until(channel, done)
-        except aiormq.exceptions.AMQPChannelError as exc:
-            raise BrokerError(f"RabbitMQ refused to replay {state.name!r}: {exc}") from exc
-        except _CONNECTION_ERRORS as exc:
+            return handler(offset, delivery)
+
+        try:
+            channel = await self._raw_channel(connection)
+        except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"broker {self._broker!r}: {exc}") from exc
-        finally:
-            await acker.close(consumer_tag)
+        await read(channel, state.name, start, on_entry)
 
     # --- tasks ------------------------------------------------------------------------------
 
