@@ -21,7 +21,7 @@ from typing import Any
 
 from rabbitsocks import __version__
 from rabbitsocks.callback import options_mapping
-from rabbitsocks.config import ENVIRONMENT, Config, default_config_path, load_config
+from rabbitsocks.config import ENVIRONMENT, BrokerConfig, Config, default_config_path, load_config
 from rabbitsocks.errors import ConfigError, RabbitSocksError
 from rabbitsocks.logs import configure_logging, mask_url, scrub
 from rabbitsocks.plan import Plan, plan_config
@@ -184,10 +184,14 @@ def describe(config: Config) -> str:
             # An option may hold a URL with credentials (pubsub's join_auth.url).
             lines.append(f"  {key}: {scrub(repr(value))}")
     lines.append("broker memory: in-process")
+    memory = config.brokers.get("memory")
+    if memory is not None:
+        lines += _history_lines(memory)
     for name, broker in config.brokers.items():
         if broker.type == "amqp":
             urls = ", ".join(mask_url(u) for u in broker.url)
             lines.append(f"broker {name}: {urls} exchange {broker.exchange}")
+            lines += _history_lines(broker)
     lines.append(f"default broker: {config.effective_default_broker}")
     if config.rpc.goridge is not None:
         lines.append(f"rpc goridge: {config.rpc.goridge}")
@@ -195,6 +199,21 @@ def describe(config: Config) -> str:
         token = " (bearer token required)" if config.rpc.token else ""
         lines.append(f"rpc http: {config.rpc.http}{token}")
     return "\n".join(lines)
+
+
+def _history_lines(broker: BrokerConfig) -> list[str]:
+    lines = []
+    for history in broker.history:
+        if broker.type == "amqp":
+            where = f"stream {history.stream_name(broker.exchange)}"
+        else:
+            where = "in process"
+        count = f", {history.max_messages} messages" if history.max_messages else ""
+        lines.append(
+            f"  history {history.topics}: {where}, kept {history.max_age:g} s,"
+            f" {history.max_bytes} bytes{count}; replays up to {history.replay_limit} messages"
+        )
+    return lines
 
 
 def _run(main: Any, loop: str) -> None:
