@@ -78,7 +78,7 @@ async def test_replay_then_live_without_gap_or_duplicate_at_the_seam(
     config = chat(prefix)
     topic = f"{prefix}.room"
     count = 300
-    async with history_bridge(amqp_url, config) as rabbit:
+    async with history_bridge(amqp_url, config, clients=clients) as rabbit:
         assert rabbit.publisher is not None
         client = Resumer([topic], transport)
         await client.connect(clients, rabbit.port)
@@ -112,8 +112,8 @@ async def test_resume_on_another_bridge(
     config = chat(prefix)
     topic = f"{prefix}.1"
     async with (
-        history_bridge(amqp_url, config) as first,
-        history_bridge(amqp_url, config) as second,
+        history_bridge(amqp_url, config, clients=clients) as first,
+        history_bridge(amqp_url, config, clients=clients) as second,
     ):
         assert first.publisher is not None
         client = Resumer([topic], transport)
@@ -128,7 +128,7 @@ async def test_resume_on_another_bridge(
         await client.read(3)
         await client.drop()
         await publish_numbered(first.publisher, topic, 3, start=6)
-        async with history_bridge(amqp_url, config) as third:
+        async with history_bridge(amqp_url, config, clients=clients) as third:
             hub = third.services.hub()
             assert hub.history is not None
             answers = await client.connect(clients, third.port)
@@ -148,7 +148,7 @@ async def test_a_position_older_than_retention_is_not_recovered_then_live(
     # Small segments, so that RabbitMQ's retention drops the oldest ones soon.
     config = chat(prefix, max_bytes=20_000, segment_bytes=5_000, cache_messages=5)
     topic = f"{prefix}.1"
-    async with history_bridge(amqp_url, config) as rabbit:
+    async with history_bridge(amqp_url, config, clients=clients) as rabbit:
         assert rabbit.publisher is not None
         client = Resumer([topic], "websocket")
         await client.connect(clients, rabbit.port)
@@ -191,7 +191,9 @@ async def test_streams_continue_after_the_bridge_lost_rabbitmq(
     topic, plain = f"{prefix}.1", f"{prefix}plain"
     async with (
         tcp_relay(amqp_url) as relay,
-        history_bridge(relay.url, config, reconnect_min=0.05, reconnect_max=0.2) as rabbit,
+        history_bridge(
+            relay.url, config, clients=clients, reconnect_min=0.05, reconnect_max=0.2
+        ) as rabbit,
     ):
         # rabbit.publish goes straight to RabbitMQ, not through the relay.
         client = await clients.connect(transport, rabbit.port)
@@ -223,7 +225,7 @@ async def test_a_deleted_stream_is_a_new_epoch(
     config = chat(prefix)
     topic = f"{prefix}.1"
     name = config.stream_name("amq.topic")
-    async with history_bridge(amqp_url, config) as rabbit:
+    async with history_bridge(amqp_url, config, clients=clients) as rabbit:
         client = Resumer([topic], "websocket")
         await client.connect(clients, rabbit.port)
         await rabbit.publish(topic, b"old")
@@ -248,7 +250,7 @@ async def test_hostile_positions_are_answered_and_disturb_nobody(
 ) -> None:
     config = chat(prefix, resume_timeout=0.5)
     topic = f"{prefix}.1"
-    async with history_bridge(amqp_url, config) as rabbit:
+    async with history_bridge(amqp_url, config, clients=clients) as rabbit:
         bystander = await clients.connect("websocket", rabbit.port)
         await join_logged(bystander, topic)
         hostile = await clients.connect("socketio", rabbit.port)
@@ -304,13 +306,13 @@ async def test_many_clients_resuming_on_a_fresh_bridge_share_one_read(
     config = chat(prefix)
     topic = f"{prefix}.room"
     count = 300
-    async with history_bridge(amqp_url, config) as first:
+    async with history_bridge(amqp_url, config, clients=clients) as first:
         assert first.publisher is not None
         witness = Resumer([topic], "websocket")
         await witness.connect(clients, first.port)
         await publish_numbered(first.publisher, topic, 20)
         await witness.read(20)
-    async with history_bridge(amqp_url, config) as second:
+    async with history_bridge(amqp_url, config, clients=clients) as second:
         assert second.publisher is not None
         hub = second.services.hub()
         assert hub.history is not None
@@ -344,7 +346,7 @@ async def test_resumes_older_than_memory_read_rabbitmq_a_few_at_a_time(
     most ``history_replays`` at once, and all are recovered."""
     config = chat(prefix, cache_messages=5)
     topic = f"{prefix}.room"
-    async with history_bridge(amqp_url, config, history_replays=2) as rabbit:
+    async with history_bridge(amqp_url, config, clients=clients, history_replays=2) as rabbit:
         assert rabbit.publisher is not None
         witness = Resumer([topic], "websocket")
         await witness.connect(clients, rabbit.port)

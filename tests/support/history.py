@@ -42,9 +42,15 @@ async def deleted_afterwards(url: str, *streams: str) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def history_bridge(
-    url: str, *history: HistoryConfig, options: dict[str, Any] | None = None, **amqp: Any
+    url: str,
+    *history: HistoryConfig,
+    clients: Clients | None = None,
+    options: dict[str, Any] | None = None,
+    **amqp: Any,
 ) -> AsyncIterator[Bridge]:
-    """A pubsub bridge on RabbitMQ (``url``) with ``history``, once every stream is live."""
+    """A pubsub bridge on RabbitMQ (``url``) with ``history``, once every stream is live.
+    ``clients`` are closed before the bridge stops (a client that reads nothing would
+    hold its closing handshake up)."""
     direct = amqp_url()  # the test RabbitMQ itself, whatever the broker goes through
     async with bridge(
         "amqp", options, urls=[url], publish_to=direct, history=history, **amqp
@@ -54,7 +60,11 @@ async def history_bridge(
         for stream in hub.history.streams:
             while not stream.ready:
                 await _changed(stream)
-        yield handle
+        try:
+            yield handle
+        finally:
+            if clients is not None:
+                await clients.close()
 
 
 async def _changed(stream: Any) -> None:
