@@ -176,17 +176,29 @@ class StreamHistory:
         self._spawn(self._set_up(connection, session), "declaring the streams")
 
     async def _set_up(self, connection: aio_pika.abc.AbstractConnection, session: int) -> None:
-        control = await self._raw_channel(connection)
-        try:
-            for stream in self._streams:
-                control = await self._declare(connection, control, stream)
-                await control.queue_bind(
-                    stream.name, self._exchange, routing_key=stream.config.topics
-                )
-        finally:
-            with contextlib.suppress(Exception):
-                await control.close()
-        publisher = await self._raw_channel(connection, confirms=True)
+        """Declare and bind every stream, again after a failure (a node that has just
+        started accepts connections a moment before its streams), then attach them."""
+        delay = self._timeout / 10
+        while True:
+            try:
+                control = await self._raw_channel(connection)
+                try:
+                    for stream in self._streams:
+                        control = await self._declare(connection, control, stream)
+                        await control.queue_bind(
+                            stream.name, self._exchange, routing_key=stream.config.topics
+                        )
+                finally:
+                    with contextlib.suppress(Exception):
+                        await control.close()
+                publisher = await self._raw_channel(connection, confirms=True)
+                break
+            except Exception as exc:
+                if session != self._session or connection.is_closed:
+                    return  # the next session sets up again
+                log.warning("history: declaring the streams failed: %s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._timeout * 2)
         if session != self._session:
             return
         self._publisher = publisher

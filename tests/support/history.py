@@ -46,12 +46,14 @@ async def history_bridge(
     *history: HistoryConfig,
     clients: Clients | None = None,
     options: dict[str, Any] | None = None,
+    publish_to: str | None = None,
     **amqp: Any,
 ) -> AsyncIterator[Bridge]:
     """A pubsub bridge on RabbitMQ (``url``) with ``history``, once every stream is live.
     ``clients`` are closed before the bridge stops (a client that reads nothing would
     hold its closing handshake up)."""
-    direct = amqp_url()  # the test RabbitMQ itself, whatever the broker goes through
+    # The bridge's publisher goes to RabbitMQ itself, whatever the broker goes through.
+    direct = publish_to or amqp_url()
     async with bridge(
         "amqp", options, urls=[url], publish_to=direct, history=history, **amqp
     ) as handle:
