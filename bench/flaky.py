@@ -318,11 +318,13 @@ def tally(clients: list[Client], count: int) -> dict[str, Any]:
     }
 
 
-def config_text(port: int, admin: int, url: str, stream: str) -> str:
+def config_text(port: int, admin: int, url: str, stream: str, connections: int = 1000) -> str:
     return (
         "listeners:\n"
         f'  - interface: "127.0.0.1:{port}"\n'
         "    callback: callbacks.pubsub\n"
+        # Every client comes from 127.0.0.1.
+        f"    limits:\n      max_connections_per_address: {connections}\n"
         "    socketio:\n      transports: [websocket]\n"
         f'admin: "127.0.0.1:{admin}"\n'
         "brokers:\n"

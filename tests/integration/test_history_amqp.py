@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
+from rabbitsocks.brokers import streams
 from rabbitsocks.config import HistoryConfig
 from tests.integration.conftest import RabbitAdmin
 from tests.support.history import (
@@ -33,10 +36,12 @@ from tests.support.pubsub import (
     Clients,
     Transport,
     client_pool,
+    free_port,
     unique,
     until_connected,
 )
 from tests.support.relay import tcp_relay
+from tests.support.served import serving
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -379,3 +384,82 @@ async def test_resumes_older_than_memory_read_rabbitmq_a_few_at_a_time(
         await asyncio.gather(*(resume(i, c) for i, c in enumerate(resumers)))
         assert reading["most"] == 2
         assert history.broker_replays == 20
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_resume_on_another_rabbitsocks_serve_process(
+    amqp_url: str, clients: Clients, prefix: str, transport: Transport, tmp_path: Path
+) -> None:
+    """The same, across two real ``rabbitsocks serve`` processes configured from YAML."""
+    ports = [free_port(), free_port()]
+    configs = []
+    for i, port in enumerate(ports):
+        config = tmp_path / f"server{i}.yaml"
+        config.write_text(
+            f'listeners:\n  - interface: "127.0.0.1:{port}"\n'
+            f'brokers:\n  amqp:\n    type: amqp\n    url: "{amqp_url}"\n'
+            f'    history:\n      - topics: "{prefix}.#"\n        stream: "rs-test-{prefix}"\n'
+        )
+        configs.append(config)
+    topic = f"{prefix}.1"
+    publisher = await AmqpPublisher.open(amqp_url)
+    try:
+        async with serving(configs[0]), serving(configs[1]):
+            client = Resumer([topic], transport)
+            await client.connect(clients, ports[0])
+            await publisher.publish(topic, b"0")
+            await client.read(1)
+            await client.drop()
+            for i in (1, 2):
+                await publisher.publish(topic, str(i).encode())
+            answers = await client.connect(clients, ports[1])
+            assert recovered(answers), answers
+            await client.read(2)
+            await publisher.publish(topic, b"3")
+            await client.read(1)
+            assert client.payloads == ["0", "1", "2", "3"]
+            await clients.close()
+    finally:
+        await publisher.close()
+
+
+async def test_epoch_markers_are_published_again_and_reach_no_client(
+    amqp_url: str, clients: Clients, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "MARKER_EVERY", 10)
+    config = chat(prefix)
+    async with history_bridge(amqp_url, config, clients=clients) as rabbit:
+        assert rabbit.publisher is not None
+        client = Resumer([f"{prefix}.#"], "websocket")
+        await client.connect(clients, rabbit.port)
+        await publish_numbered(rabbit.publisher, f"{prefix}.1", 40)
+        await client.read(40)
+        epoch = client.frames[0]["epoch"]
+        await rabbit.publish(f"{prefix}.1", b"end")
+        await client.read(1)
+        # Only messages reached the client; the stream holds markers between them.
+        assert client.payloads == [*map(str, range(40)), "end"]
+        markers = await _markers(amqp_url, config.stream_name("amq.topic"))
+        assert len(markers) >= 4  # the first, and one per 10 to 12.5 entries since
+        assert set(markers) == {epoch}
+
+
+async def _markers(url: str, stream: str) -> list[str]:
+    """The epoch tokens of the stream's markers, up to the message ``end``."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.get_queue(stream, ensure=False)
+        tokens: list[str] = []
+        async with queue.iterator(arguments={"x-stream-offset": "first"}) as entries:
+            async for message in entries:
+                await message.ack()
+                if message.body == b"end":
+                    break
+                token = (message.headers or {}).get("x-rabbitsocks-epoch")
+                if isinstance(token, str):
+                    tokens.append(token)
+        return tokens
+    finally:
+        await connection.close()
