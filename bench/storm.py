@@ -105,33 +105,30 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.sleep(2)  # attached, and its memory filled from the stream
         rss_before = rss_bytes(b.pid)
         before = await metrics(admin_b)
-        bystander = await open_wire("ws", port_b)
-        bystander.send({"command": "join", "topics": [live]})
-        await bystander.frames.get()
-        latencies: list[float] = []
+        # The bystander has a process of its own: in this one, the clients' frames would
+        # hold its reads up and its latency would be ours, not the server's.
+        bystander = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.storm", "--bystander", str(port_b), "--topic", live,
+            cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert bystander.stdout is not None
+        assert bystander.stdin is not None
+        await bystander.stdout.readline()  # joined
         stop = asyncio.Event()
 
-        async def live_flow() -> None:
+        async def live_flow() -> list[float]:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", PUBLISH, args.amqp_url, live, "100000", "50",
             )  # fmt: skip
-            try:
-                while not stop.is_set():
-                    try:
-                        frame = await asyncio.wait_for(bystander.frames.get(), 1)
-                    except TimeoutError:
-                        continue
-                    if frame is None:
-                        return
-                    sent = float(frame["payload"].split()[1])
-                    latencies.append((time.monotonic() - sent) * 1000)
-            finally:
-                proc.terminate()
-                await proc.wait()
+            await stop.wait()
+            proc.terminate()
+            await proc.wait()
+            return []
 
         flow = asyncio.create_task(live_flow())
         await asyncio.sleep(1)
-        calm = len(latencies)
+        bystander.stdin.write(b"mark\n")  # the storm starts
+        await bystander.stdin.drain()
         started = time.monotonic()
         done: list[float] = []
         recovered = 0
@@ -139,6 +136,12 @@ async def main_async(args: argparse.Namespace) -> None:
         async def resume(kind: str, position: tuple[str, int]) -> None:
             nonlocal recovered
             wire = await open_wire(kind, port_b)
+            if args.no_resume:  # the same storm of connections and joins, nothing replayed
+                wire.send({"command": "join", "topics": [topic]})
+                await wire.frames.get()  # @join
+                done.append(time.monotonic() - started)
+                wire.drop()
+                return
             epoch, offset = position
             wire.send(
                 {
@@ -160,12 +163,19 @@ async def main_async(args: argparse.Namespace) -> None:
 
         await asyncio.gather(*(resume(k, p) for k, p in zip(kinds, last, strict=True)))
         storm = time.monotonic() - started
+        bystander.stdin.write(b"mark\n")  # the storm is over
+        await bystander.stdin.drain()
         await asyncio.sleep(1)
         stop.set()
         await flow
+        bystander.stdin.write(b"end\n")
+        await bystander.stdin.drain()
+        phases = json.loads(await bystander.stdout.readline())
+        await bystander.wait()
         after = await metrics(admin_b)
         rss_after = rss_bytes(b.pid)
-        during = sorted(latencies[calm:])
+        since_start = {k: v for k, v in after.items() if "reads_total" in k}
+        calm, during = phases[0], sorted(phases[1])
         reads = {k: after.get(k, 0) - before.get(k, 0) for k in after if "reads_total" in k}
         result = {
             "clients": args.n,
@@ -174,12 +184,13 @@ async def main_async(args: argparse.Namespace) -> None:
             "storm_seconds": round(storm, 2),
             "resumed_p50_s": round(statistics.median(done), 3),
             "resumed_max_s": round(max(done), 3),
-            "bystander_ms_before_p50": round(statistics.median(latencies[:calm] or [0]), 1),
+            "bystander_ms_before_p50": round(statistics.median(calm or [0]), 1),
             "bystander_ms_during_p50": round(statistics.median(during or [0]), 1),
             "bystander_ms_during_max": round(during[-1] if during else 0, 1),
             "rss_mib_before": round(rss_before / 2**20, 1),
             "rss_mib_after": round(rss_after / 2**20, 1),
-            "reads_of_rabbitmq": reads,
+            "reads_of_rabbitmq_storm": reads,
+            "reads_of_rabbitmq_since_start": since_start,
         }
         for key, value in result.items():
             print(f"  {key:26} {value}")
@@ -201,13 +212,47 @@ async def main_async(args: argparse.Namespace) -> None:
         )
 
 
+async def bystander(port: int, topic: str) -> None:
+    """A client of ``topic`` in a process of its own: latencies (publish to receipt, ms) per
+    phase, the phases separated by lines on stdin; printed as JSON at ``end``."""
+    wire = await open_wire("ws", port)
+    wire.send({"command": "join", "topics": [topic]})
+    await wire.frames.get()
+    print("joined", flush=True)
+    phases: list[list[float]] = [[]]
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def read() -> None:
+        while True:
+            frame = await wire.frames.get()
+            if frame is None:
+                return
+            sent = float(frame["payload"].split()[1])
+            phases[-1].append((time.monotonic() - sent) * 1000)
+
+    task = asyncio.create_task(read())
+    while await reader.readline() != b"end\n":
+        phases.append([])
+    task.cancel()
+    print(json.dumps(phases[1:3]), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__)
     p.add_argument("-n", type=int, default=1000, help="clients resuming at once (1,000)")
     p.add_argument("--before", type=int, default=20, help="messages before the drop")
     p.add_argument("--missed", type=int, default=100, help="messages each client misses")
+    p.add_argument("--no-resume", action="store_true", help="join without since (baseline)")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument("--bystander", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--topic", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.bystander:
+        asyncio.run(bystander(args.bystander, args.topic))
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class Histories:
         #: topics: a message both match reaches them twice, and the queue's copy is skipped.
         self._dual: set[Subscription] = set()
         self._replays = asyncio.Semaphore(max_replays)
+        #: Taken by a join with positions from its last await until its answer is written.
+        self.turn = asyncio.Lock()
         #: Reading a log back from the broker into memory: one at a time per log.
         self._backfills: dict[HistoryStream, asyncio.Task[None]] = {}
         #: Counters for /metrics: resumes answered, replayed messages, RabbitMQ replays.
@@ -378,6 +380,7 @@ class JoinPlan:
         #: The history topics joined by this command, and the log serving each.
         self.topics: dict[str, HistoryStream] = {}
         self.resumes: dict[HistoryStream, Resume] = {}
+        self._turn = False
 
     async def add(self, topic: str, position: Position | None) -> bool | None:
         """Take ``topic`` if a log serves it: ``True`` joined, ``False`` refused (the
@@ -410,8 +413,17 @@ class JoinPlan:
         return any(s is stream and patterns_overlap(t, topic) for t, s in serving.items())
 
     async def resume(self) -> None:
+        if not self.resumes:
+            return
         for resume in self.resumes.values():
             await self.histories.run(resume)
+        # One resume's answer and replay at a time, each after a turn of the event loop:
+        # a thousand clients resuming together then take their turns between live
+        # deliveries, instead of one long turn of the loop that holds them up. Held until
+        # release(), at the end of the join, whose answer and replay the callback writes
+        # in that same step.
+        await self.histories.turn.acquire()
+        self._turn = True
 
     def finish(self) -> None:
         """Synchronously: the subscription takes its place in the logs' routing tables
@@ -446,3 +458,6 @@ class JoinPlan:
     def release(self) -> None:
         for resume in self.resumes.values():
             resume.stream.release(resume)
+        if self._turn:
+            self._turn = False
+            self.histories.turn.release()

@@ -3,6 +3,7 @@ every reason a resume is not recovered, one copy per message, and #gap."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -327,3 +328,25 @@ async def test_join_gives_the_position_of_history_topics_not_recovered() -> None
     # chat.1 recovered: its replay says where it is; the others start where the log is.
     assert result.positions == {"chat.2": (1, "E"), "chat.3": (1, "E")}
     assert replayed(result) == ["a"]
+
+
+async def test_resumes_take_turns_and_always_give_them_back() -> None:
+    hub, broker = await started(HistoryConfig("chat.#"))
+    assert hub.history is not None
+    await broker.publish("chat.1", b"a")
+    _writer, sub = subscriber(hub)
+    await hub.join(sub, ["chat.1"], {"chat.1": Position(-1, "E")})
+    assert not hub.history.turn.locked()
+    # A resume whose connection goes while it waits for its turn gives it back too.
+    await hub.history.turn.acquire()
+    other, gone = subscriber(hub)
+    join = asyncio.ensure_future(hub.join(gone, ["chat.1"], {"chat.1": Position(-1, "E")}))
+    # One turn of the loop: the join runs up to the lock (it awaits nothing else here).
+    await asyncio.sleep(0)
+    await hub.unregister(gone)
+    hub.history.turn.release()
+    result = await join
+    assert result.refused == {}
+    assert not hub.history.turn.locked()
+    await broker.publish("chat.1", b"b")
+    assert other.take() == []  # unregistered: nothing reached it
