@@ -343,8 +343,10 @@ class StreamHistory:
         first = offset_of(pending[0])
         sink = self._sink
         assert sink is not None
+        skipped = None
         if resume_from is not None and first == resume_from:
-            pending.pop(0)  # delivered before the outage: nothing was cut in between
+            # Delivered before the outage: nothing was cut in between.
+            skipped = pending.pop(0)
             after = resume_from
         else:
             after = first - 1
@@ -361,8 +363,12 @@ class StreamHistory:
         stream.pending = None
         for message in pending:
             self._live(stream, message)
-        if pending:
-            await acker.ack(pending[-1])
+        # Counted one by one: held back unacknowledged, they may have used all the
+        # prefetch, and RabbitMQ sends nothing more until they are acknowledged.
+        if skipped is not None:
+            await acker.ack(skipped)
+        for message in pending:
+            await acker.ack(message)
         log.info(
             "history %r: stream %r live after offset %d, epoch %s",
             stream.config.topics,

@@ -463,3 +463,33 @@ async def _markers(url: str, stream: str) -> list[str]:
         return tokens
     finally:
         await connection.close()
+
+
+@pytest.mark.slow
+async def test_more_than_a_prefetch_published_during_an_outage_all_arrive(
+    amqp_url: str, clients: Clients, prefix: str
+) -> None:
+    """1,200 messages published while the bridge was away: more than a stream consumer's
+    prefetch (1,000) is waiting when it comes back, unacknowledged until the epoch is
+    known; all of them, then the live flow, must arrive (a regression: the consumer once
+    counted them as one acknowledgement, and RabbitMQ then sent nothing more)."""
+    config = chat(prefix)
+    topic = f"{prefix}.1"
+    async with (
+        tcp_relay(amqp_url) as relay,
+        history_bridge(
+            relay.url, config, clients=clients, reconnect_min=0.05, reconnect_max=0.2
+        ) as rabbit,
+    ):
+        assert rabbit.publisher is not None
+        client = Resumer([topic], "websocket")
+        await client.connect(clients, rabbit.port)
+        relay.down()
+        broker = rabbit.services.hub().broker
+        await wait_until(lambda: not broker.connected, WAIT, "the outage to be noticed")
+        await publish_numbered(rabbit.publisher, topic, 1200)
+        await relay.listen()
+        await until_connected(broker)
+        await publish_numbered(rabbit.publisher, topic, 1, start=1200)
+        await client.read(1201, timeout=WAIT * 2)
+        assert client.payloads == [str(i) for i in range(1201)]
