@@ -19,6 +19,11 @@ callback's wire format); the message is encoded once per encoder into a ``Shared
 not once per recipient, and handed to each recipient writer's ``send_shared``, which writes
 it to the socket's buffer without a task or a coroutine. A subscription joined through
 several matching patterns is in the matched set once, so it gets the message once.
+
+*History* (``resume.py``, ``history.py``): a topic covered by one of the broker's history
+patterns binds nothing on the queue; its messages come from that pattern's log, which has
+a routing table of its own, and a join may carry positions to resume from. The queue's
+path above is unchanged but for two checks, and a clock read for ``#gap``.
 """
 
 from __future__ import annotations

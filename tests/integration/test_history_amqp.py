@@ -493,3 +493,36 @@ async def test_more_than_a_prefetch_published_during_an_outage_all_arrive(
         await publish_numbered(rabbit.publisher, topic, 1, start=1200)
         await client.read(1201, timeout=WAIT * 2)
         assert client.payloads == [str(i) for i in range(1201)]
+
+
+async def test_joins_of_history_topics_during_an_outage(
+    amqp_url: str, clients: Clients, prefix: str
+) -> None:
+    """While the bridge has no RabbitMQ: a history topic is joined (its stream continues
+    after the outage), a position in memory is recovered, an older one is told why not."""
+    config = chat(prefix, cache_messages=3)
+    topic = f"{prefix}.1"
+    async with (
+        tcp_relay(amqp_url) as relay,
+        history_bridge(relay.url, config, clients=clients, reconnect_min=5.0) as rabbit,
+    ):
+        assert rabbit.publisher is not None
+        witness = Resumer([topic], "websocket")
+        await witness.connect(clients, rabbit.port)
+        await publish_numbered(rabbit.publisher, topic, 6)
+        await witness.read(6)
+        relay.down()
+        broker = rabbit.services.hub().broker
+        await wait_until(lambda: not broker.connected, WAIT, "the outage to be noticed")
+        fresh = await clients.connect("socketio", rabbit.port)
+        positions = await join_logged(fresh, topic)
+        assert positions[topic]["offset"] == witness.frames[-1]["offset"]
+        recent, old = Resumer([topic], "websocket"), Resumer([topic], "socketio")
+        recent.last = {witness.frames[3]["epoch"]: witness.frames[3]["offset"]}
+        old.last = {witness.frames[0]["epoch"]: witness.frames[0]["offset"]}
+        assert recovered(await recent.connect(clients, rabbit.port))
+        await recent.read(2)
+        assert recent.payloads == ["4", "5"]
+        answers = await old.connect(clients, rabbit.port)
+        assert answers[1]["recovered"] is False
+        assert answers[1]["reason"].startswith("replay failed: broker 'amqp' is not connected")
