@@ -469,12 +469,20 @@ def serve_env(**extra: str) -> dict[str, str]:
     return environ
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (nothing listens there now)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that was free a moment ago (nothing listens there now), and
+    not one this test process was given before: two calls in a row could otherwise get
+    the same port from the kernel, as nothing holds it between them."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 async def run_cli(
