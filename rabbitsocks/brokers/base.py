@@ -50,6 +50,11 @@ class Broker(Protocol):
     name: str
 
     @property
+    def history(self) -> BrokerHistory | None:
+        """Its history logs (history topics), or ``None`` when it keeps none."""
+        ...
+
+    @property
     def connected(self) -> bool:
         """Whether ``bind`` and ``publish`` can succeed right now."""
         ...
@@ -115,6 +120,12 @@ class BrokerHistory(Protocol):
     """The history logs of a broker, one per ``HistoryConfig``, indexed as configured."""
 
     configs: tuple[HistoryConfig, ...]
+
+    @property
+    def max_replays(self) -> int:
+        """Replays of older positions (reads of the broker) under way at once, at most."""
+        ...
+
     #: Whether the hub's in-process log is the whole history (the memory broker), or a
     #: cache of a longer one that ``replay`` reads (RabbitMQ).
     authoritative: bool

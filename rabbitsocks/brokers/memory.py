@@ -39,6 +39,9 @@ class MemoryHistory:
 
     authoritative = True
 
+    #: Nothing is read from elsewhere (the hub's log is the whole history): no bound needed.
+    max_replays = 16
+
     def __init__(self, configs: Sequence[HistoryConfig], epoch: str | None = None) -> None:
         self.configs = tuple(configs)
         self.epoch = epoch or new_epoch()

@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-from rabbitsocks.brokers.base import Broker, BrokerHistory
+from rabbitsocks.brokers.base import Broker
 from rabbitsocks.errors import BrokerError
 from rabbitsocks.frames import SharedFrame
 from rabbitsocks.messages import Delivery, Encoder
@@ -77,14 +77,10 @@ class Hub:
         self._bindings: dict[str, _Binding] = {}
         #: The broker's history logs, if it has any (pubsub/history.py).
         self.history: Histories | None = None
-        history: BrokerHistory | None = getattr(broker, "history", None)
+        history = broker.history
         if history is not None:
             self.history = Histories(
-                history,
-                self.fan_out,
-                self.encode,
-                broker.name,
-                getattr(history, "max_replays", 16),
+                history, self.fan_out, self.encode, broker.name, history.max_replays
             )
         #: When the queue last delivered, and when the broker last came up (monotonic).
         self._last_delivery = 0.0
@@ -332,8 +328,9 @@ class Hub:
 
     def deliver(self, delivery: Delivery) -> None:
         """Hand one broker message to every local subscription whose topics match it."""
-        if delivery.stream is not None:
-            self.history.deliver(delivery)  # type: ignore[union-attr]
+        history = self.history
+        if delivery.stream is not None and history is not None:
+            history.deliver(delivery)  # an entry of a history log: positions, resumes
             return
         self.messages_in += 1
         self._last_delivery = _monotonic()
@@ -345,27 +342,10 @@ class Hub:
                 subs = matched | subs if subs else matched
         if not subs:
             return
-        history = self.history
         if history is not None and history.overlapping:
             # Subscriptions that get this message from a history log too get it once.
             subs = history.without_logged(routing_key, subs)
-        # The loop below is fan_out's, inlined: this is the hot path of every topic
-        # without history, kept as it was before history existed (bench/run --baseline).
-        encoder: Encoder | None = None
-        frame: SharedFrame | None = None
-        sent = 0
-        for sub in subs:
-            if sub.encoder is not encoder:  # most messages have one format for everyone
-                encoder = sub.encoder
-                frame = self.encode(delivery, encoder)
-            if frame is None:
-                continue
-            try:
-                sub.send(frame)
-                sent += 1
-            except Exception:  # one broken connection must not starve the others
-                logger.exception("delivery of %r failed on one connection", routing_key)
-        self.deliveries_out += sent
+        self.fan_out(delivery, subs)  # one call per message, not per recipient
 
     def fan_out(self, delivery: Delivery, subs: Iterable[Subscription]) -> None:
         """Send ``delivery`` to ``subs``, encoded once per encoder (history logs' path)."""

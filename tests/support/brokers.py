@@ -15,6 +15,7 @@ class StubBroker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.connected = True
+        self.history = None
 
     async def start(
         self, on_delivery: DeliveryHandler, on_state: StateHandler | None = None
