@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -145,18 +144,28 @@ class Target:
         return proc, log
 
 
-def _connection_limits(n: int) -> str:
+def _limit_keys(python: str, root: Path) -> set[str]:
+    """The ``limits`` keys of the rabbitsocks that ``python`` imports from ``root``
+    (another checkout's, for a baseline target)."""
+    probe = (
+        "import dataclasses\n"
+        "from rabbitsocks.config import LimitsConfig\n"
+        "print(' '.join(f.name for f in dataclasses.fields(LimitsConfig)))"
+    )
+    found = subprocess.run(
+        [python, "-c", probe], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    return set(found.stdout.split())
+
+
+def _connection_limits(n: int, known: set[str]) -> str:
     """YAML ``limits`` lines that let ``n`` connections in from one address.
 
     Every benchmark connection comes from 127.0.0.1 (below 25,000 of them), and rabbitsocks
-    caps connections per remote address and per listener. Only the keys this version of
-    rabbitsocks knows are written: its configuration refuses unknown keys.
+    caps connections per remote address and per listener. Only the keys the version of
+    rabbitsocks under test knows are written (``known``): its configuration refuses
+    unknown keys.
     """
-    try:
-        from rabbitsocks.config import LimitsConfig
-    except ImportError:
-        return ""
-    known = {f.name for f in dataclasses.fields(LimitsConfig)}
     lines = [
         f"      {key}: {max(default, n + 1000)}\n"
         for key, default in (
@@ -184,7 +193,7 @@ class _RabbitSocks(Target):
             "listeners:\n"
             f'  - interface: "127.0.0.1:{port}"\n'
             f"    callback: {self.callback}\n"
-            f"{_connection_limits(n)}"
+            f"{_connection_limits(n, self._known_limits(settings))}"
             "brokers:\n"
             "  amqp:\n"
             "    type: amqp\n"
@@ -202,6 +211,17 @@ class _RabbitSocks(Target):
 
     def _url(self, port: int) -> str:
         return f"ws://127.0.0.1:{port}/websocket/"
+
+    def _known_limits(self, settings: Settings) -> set[str]:
+        python = str(self.script.parent / "python") if self.script else settings.python
+        key = (python, self.root)
+        cached = _LIMIT_KEYS.get(key)
+        if cached is None:
+            cached = _LIMIT_KEYS[key] = _limit_keys(python, self.root)
+        return cached
+
+
+_LIMIT_KEYS: dict[tuple[str, Path], set[str]] = {}
 
 
 class RabbitSocksWebSocket(_RabbitSocks):
