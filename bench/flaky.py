@@ -282,7 +282,7 @@ def tally(clients: list[Client], count: int) -> dict[str, Any]:
         dupes += len(c.seqs) - len(got)
         disorder += sum(1 for a, b in zip(c.seqs, c.seqs[1:], strict=False) if b <= a)
         complete += c.seqs == expected
-    incomplete = []
+    incomplete: list[dict[str, Any]] = []
     for c in clients:
         if c.seqs != expected and len(incomplete) < 5:
             missing = sorted(set(expected) - set(c.seqs))

@@ -582,7 +582,7 @@ ATTACKS.update(
 async def attack(port: int, stomp: int, seconds: float, topic: str, chosen: list[str]) -> None:
     deadline = time.monotonic() + seconds
     errors: dict[str, int] = {}
-    tasks = []
+    tasks: list[Awaitable[None]] = []
     for i, name in enumerate(ATTACKS):
         if name not in chosen:
             continue

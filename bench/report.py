@@ -32,7 +32,10 @@ def _get(result: dict[str, Any], phase: str, key: str) -> Any:
 
 def _table(headers: Sequence[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    align: list[Callable[[str, int], str]] = [str.ljust] + [str.rjust] * (len(headers) - 1)
+    align: list[Callable[[str, int], str]] = [
+        lambda s, w: s.ljust(w),
+        *[lambda s, w: s.rjust(w)] * (len(headers) - 1),
+    ]
     lines = ["  ".join(align[i](h, widths[i]) for i, h in enumerate(headers))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(align[i](c, widths[i]) for i, c in enumerate(r)) for r in rows]

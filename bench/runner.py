@@ -403,7 +403,7 @@ def suspect(result: dict[str, Any]) -> str | None:
     if result.get("broker_outage"):
         return "the server logged a broker outage"
     if result.get("error"):
-        return result["error"].splitlines()[-1][:200]
+        return str(result["error"]).splitlines()[-1][:200]
     for kind in ("latency", "throughput"):
         phase = result.get(kind) or {}
         if phase.get("publish_failed"):

@@ -94,7 +94,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for wire in wires:
             frame: dict[str, Any] = {}
             for _ in range(args.before):
-                frame = await asyncio.wait_for(wire.frames.get(), 30)  # type: ignore[assignment]
+                frame = await asyncio.wait_for(wire.frames.get(), 30)
             last.append((frame["epoch"], frame["offset"]))
             wire.drop()
         await publish(args.amqp_url, topic, args.missed)

@@ -40,7 +40,6 @@ async def serve(host: str, port: int, amqp_url: str, channel: str) -> None:
     queue = await amqp_channel.declare_queue(exclusive=True, auto_delete=True)
     bound: set[str] = set()
 
-    @sio.on("message")
     async def message(sid: str, data: str) -> None:
         command = json.loads(data)
         topics = command["topics"]
@@ -50,6 +49,8 @@ async def serve(host: str, port: int, amqp_url: str, channel: str) -> None:
                 bound.add(topic)
                 await queue.bind(exchange, routing_key=topic)
         await sio.emit("message", json.dumps({"topic": "@join", "payload": topics}), to=sid)
+
+    sio.on("message", message)
 
     async def on_amqp(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
         async with msg.process():
