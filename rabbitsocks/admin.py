@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from rabbitsocks.rpc.endpoints import RpcEndpoints
 from rabbitsocks.services import Services
-from rabbitsocks.stats import PROBE_BUCKETS, ListenerStats, ProbeStats
+from rabbitsocks.stats import PROBE_BUCKETS, ListenerStats
 
 __all__ = ["AdminEndpoint", "GcPauses", "Observed", "ServerCollector"]
 
@@ -225,23 +225,23 @@ class ServerCollector(Collector):
         for name, hub in services.hubs.items():
             up.add_metric([name], 1 if hub.connected else 0)
             topics.add_metric([name], hub.live_topics)
-            bound: Any = getattr(hub.broker, "bindings", None)
-            bindings.add_metric([name], len(bound) if bound is not None else hub.live_topics)
+            rabbitmq = hub.broker.rabbitmq
+            bound = len(rabbitmq.bindings) if rabbitmq is not None else hub.live_topics
+            bindings.add_metric([name], bound)
             messages.add_metric([name], hub.messages_in)
             deliveries.add_metric([name], hub.deliveries_out)
             dropped.add_metric([name], hub.dropped)
             joins.add_metric([name], hub.joins)
             leaves.add_metric([name], hub.leaves)
-            broker: Any = hub.broker
-            probes: ProbeStats | None = getattr(broker, "probes", None)
-            if probes is not None:
-                failovers.add_metric([name], broker.failovers)
+            if rabbitmq is not None:
+                probes = rabbitmq.probes
+                failovers.add_metric([name], rabbitmq.failovers)
                 probe_failures.add_metric([name], probes.failed)
                 cumulative, running = [], 0
                 bounds = (*PROBE_BUCKETS, float("inf"))
-                for bound, count in zip(bounds, probes.buckets, strict=True):
+                for upper, count in zip(bounds, probes.buckets, strict=True):
                     running += count
-                    cumulative.append((_bucket_label(bound), running))
+                    cumulative.append((_bucket_label(upper), running))
                 probe_seconds.add_metric([name], cumulative, probes.latency_sum)
         yield from (up, topics, bindings, messages, dropped, deliveries)
         yield from (joins, leaves, failovers, probe_failures, probe_seconds)
@@ -365,13 +365,11 @@ class AdminEndpoint:
         brokers: dict[str, dict[str, Any]] = {}
         for name, hub in self.server.services.hubs.items():
             brokers[name] = {"connected": hub.connected}
-            broker: Any = hub.broker
-            url = getattr(broker, "safe_url", None)  # AMQP brokers: masked already
-            if url:
-                brokers[name]["url"] = url
-            probes: ProbeStats | None = getattr(broker, "probes", None)
-            if probes is not None:
-                reason = broker.unready
+            rabbitmq = hub.broker.rabbitmq
+            if rabbitmq is not None:
+                brokers[name]["url"] = rabbitmq.safe_url  # password masked
+                probes = rabbitmq.probes
+                reason = rabbitmq.unready
                 if hub.connected and reason is not None:
                     problems.append(f"broker {name}: {reason}")
                 brokers[name]["probe"] = reason or "ok"

@@ -100,10 +100,10 @@ class Services:
         (which must exist). Raises ``UnknownBroker``, or ``BrokerError`` for a broker that
         has no exchanges (the memory broker)."""
         hub = self.hub(broker)
-        own = getattr(hub.broker, "exchange", None)
-        if own is None:
+        rabbitmq = hub.broker.rabbitmq
+        if rabbitmq is None:
             raise BrokerError(f"broker {hub.broker.name!r} has no exchanges (it is not RabbitMQ)")
-        if own == exchange:
+        if rabbitmq.exchange == exchange:
             return hub
         key = (hub.broker.name, exchange)
         if self._exchange_hubs_lock is None:
@@ -111,7 +111,7 @@ class Services:
         async with self._exchange_hubs_lock:
             extra = self._exchange_hubs.get(key)
             if extra is None:
-                sibling = hub.broker.sibling(f"{hub.broker.name}/{exchange}", exchange)  # type: ignore[attr-defined]
+                sibling = rabbitmq.sibling(f"{hub.broker.name}/{exchange}", exchange)
                 extra = self._exchange_hubs[key] = Hub(sibling)
                 extra.draining = hub.draining
                 await extra.start()
@@ -121,14 +121,14 @@ class Services:
         """Leased AMQP channels on broker ``broker``'s RabbitMQ (per-session consumers and
         publishes); ``BrokerError`` for a broker that is not RabbitMQ."""
         hub = self.hub(broker)
-        connect_more = getattr(hub.broker, "connect_more", None)
-        if connect_more is None:
+        rabbitmq = hub.broker.rabbitmq
+        if rabbitmq is None:
             raise BrokerError(f"broker {hub.broker.name!r} is not RabbitMQ")
         pool = self._channel_pools.get(hub.broker.name)
         if pool is None:
             from rabbitsocks.brokers.amqp_channels import AmqpChannelPool
 
-            pool = self._channel_pools[hub.broker.name] = AmqpChannelPool(connect_more)
+            pool = self._channel_pools[hub.broker.name] = AmqpChannelPool(rabbitmq.connect_more)
         return pool
 
     def http_session(self) -> aiohttp.ClientSession:

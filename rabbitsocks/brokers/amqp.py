@@ -256,6 +256,11 @@ class AmqpBroker:
         return self._state is _State.CONNECTED
 
     @property
+    def rabbitmq(self) -> AmqpBroker:
+        """This broker is on RabbitMQ: its exchange, siblings, node health (``Broker``)."""
+        return self
+
+    @property
     def queue_name(self) -> str | None:
         """The server-named queue of the current connection, if connected."""
         session = self._session

@@ -14,15 +14,25 @@ A broker configured with history patterns also has a ``history`` attribute (a
 ``BrokerHistory``): it delivers every message of each pattern's log, with its offset and
 epoch, whether or not anything is bound, and tells the hub where each log's live flow
 starts (``HistorySink``). See docs/architecture.md, "History and resume".
+
+A broker on RabbitMQ also has a ``rabbitmq`` side (``RabbitMQ``): its exchange, sibling
+brokers on other exchanges and extra connections (STOMP's queue and exchange destinations),
+and the health of the node it is on (``/ready`` and ``/metrics``). Other brokers have
+``rabbitmq = None``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rabbitsocks.config import HistoryConfig
 from rabbitsocks.messages import Delivery
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractConnection
+
+    from rabbitsocks.stats import ProbeStats
 
 __all__ = [
     "Broker",
@@ -52,6 +62,11 @@ class Broker(Protocol):
     @property
     def history(self) -> BrokerHistory | None:
         """Its history logs (history topics), or ``None`` when it keeps none."""
+        ...
+
+    @property
+    def rabbitmq(self) -> RabbitMQ | None:
+        """Its RabbitMQ side, or ``None`` when it is not on RabbitMQ."""
         ...
 
     @property
@@ -138,4 +153,45 @@ class BrokerHistory(Protocol):
         """Read log ``stream`` from offset ``start`` (or the oldest entry retained, if
         later) and call ``handler`` with each entry until it returns ``False``. Raises
         ``BrokerUnavailable`` when disconnected, ``BrokerError`` if the broker refuses."""
+        ...
+
+
+class RabbitMQ(Protocol):
+    """What a broker on RabbitMQ offers beyond ``Broker`` (``Broker.rabbitmq``)."""
+
+    name: str
+    #: Connections made to another node than the previous one.
+    failovers: int
+    #: The end-to-end probe's rounds and latencies.
+    probes: ProbeStats
+
+    @property
+    def exchange(self) -> str:
+        """The exchange the broker binds its queue to and publishes to."""
+        ...
+
+    @property
+    def bindings(self) -> frozenset[str]:
+        """The bound patterns: what RabbitMQ has, or will have again after a reconnect."""
+        ...
+
+    @property
+    def safe_url(self) -> str:
+        """The URL of the node it is on (else the next it will try), password masked."""
+        ...
+
+    @property
+    def unready(self) -> str | None:
+        """Why it should not be taken as delivering now (not connected, a failed probe),
+        or ``None``."""
+        ...
+
+    def sibling(self, name: str, exchange: str) -> Broker:
+        """A broker like this one (same nodes and settings) on ``exchange``, which must
+        exist."""
+        ...
+
+    async def connect_more(self, purpose: str) -> AbstractConnection:
+        """Another connection to the same RabbitMQ, for channels of the caller's own (which
+        closes it). Raises ``BrokerUnavailable``."""
         ...

@@ -94,6 +94,8 @@ class MemoryBroker:
         self._closed = False
         #: The history logs, when history patterns are configured.
         self.history: MemoryHistory | None = MemoryHistory(history, epoch) if history else None
+        #: Not RabbitMQ: no exchanges, queues or nodes (``Broker.rabbitmq``).
+        self.rabbitmq: None = None
 
     @property
     def connected(self) -> bool:

@@ -57,7 +57,7 @@ class StompServer:
         # start-up error, not a SUBSCRIBE-time one.
         self.hub = services.hub(options.broker)
         #: Whether queue and /exchange/ destinations can work (a RabbitMQ broker).
-        self.rabbitmq = hasattr(self.hub.broker, "exchange")
+        self.rabbitmq = self.hub.broker.rabbitmq is not None
         self._encoders: weakref.WeakValueDictionary[_EncoderKey, FanoutEncoder] = (
             weakref.WeakValueDictionary()
         )

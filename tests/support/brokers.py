@@ -16,6 +16,7 @@ class StubBroker:
         self.name = name
         self.connected = True
         self.history = None
+        self.rabbitmq = None
 
     async def start(
         self, on_delivery: DeliveryHandler, on_state: StateHandler | None = None
