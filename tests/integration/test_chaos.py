@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +22,12 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_chaos_short_mode_loses_nothing_while_rabbitmq_is_up() -> None:
+async def run_chaos(*extra: str) -> dict[str, Any]:
+    """``scripts/chaos --mode close-connection`` (4 s, the outage at 1.5 s); its report."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "scripts" / "chaos"),
+        *extra,
         "--mode",
         "close-connection",
         "--duration",
@@ -57,7 +60,12 @@ async def test_chaos_short_mode_loses_nothing_while_rabbitmq_is_up() -> None:
                     process.kill()
                     await process.communicate()
     assert process.returncode == 0, out.decode() + err.decode()
-    report = json.loads(out)
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+async def test_chaos_short_mode_loses_nothing_while_rabbitmq_is_up() -> None:
+    report = await run_chaos()
     assert report["ok"] is True
     assert report["lost_up"] == 0
     assert report["duplicates"] == report["out_of_order"] == 0
@@ -71,3 +79,19 @@ async def test_chaos_short_mode_loses_nothing_while_rabbitmq_is_up() -> None:
         assert counts["lost_down"] == 0, name
         assert counts["lost_reconnecting"] > 0, name
         assert counts["delivered"] + counts["lost_reconnecting"] == report["published"], name
+    # Each was told, with one #gap frame.
+    assert report["told_of_gap"] == len(report["subscribers"])
+
+
+async def test_chaos_short_mode_with_history_loses_nothing_at_all() -> None:
+    """The same outage on a topic with history: the bridge continues the stream where it
+    stopped, so what was published while it reconnected reaches every subscriber too."""
+    report = await run_chaos("--history")
+    assert report["ok"] is True
+    assert report["history"] is True
+    assert report["outage"]["back"] > report["outage"]["action"]
+    assert report["duplicates"] == report["out_of_order"] == 0
+    assert report["told_of_gap"] == 0
+    for name, counts in report["subscribers"].items():
+        assert counts["lost_down"] == counts["lost_reconnecting"] == counts["lost_up"] == 0
+        assert counts["delivered"] == report["published"], name

@@ -42,20 +42,26 @@ async def deleted_afterwards(url: str, *streams: str) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def history_bridge(
-    url: str,
+    url: str | Sequence[str],
     *history: HistoryConfig,
     clients: Clients | None = None,
     options: dict[str, Any] | None = None,
     publish_to: str | None = None,
     **amqp: Any,
 ) -> AsyncIterator[Bridge]:
-    """A pubsub bridge on RabbitMQ (``url``) with ``history``, once every stream is live.
+    """A pubsub bridge on RabbitMQ (``url``, or a cluster's URLs) with ``history``, once
+    every stream is live.
     ``clients`` are closed before the bridge stops (a client that reads nothing would
     hold its closing handshake up)."""
     # The bridge's publisher goes to RabbitMQ itself, whatever the broker goes through.
     direct = publish_to or amqp_url()
     async with bridge(
-        "amqp", options, urls=[url], publish_to=direct, history=history, **amqp
+        "amqp",
+        options,
+        urls=[url] if isinstance(url, str) else list(url),
+        publish_to=direct,
+        history=history,
+        **amqp,
     ) as handle:
         hub = handle.services.hub()
         assert hub.history is not None
