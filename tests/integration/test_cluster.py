@@ -224,7 +224,12 @@ async def test_node_killed_history_topic_loses_nothing(
             # Confirmed by RabbitMQ means kept by the stream: every one, once, in order. A
             # publish RabbitMQ nacked during the leader election may or may not be there.
             assert [seq for seq in got if seq not in stream.nacked] == confirmed
-            assert gaps == [[plain]], "the topic without history is told, the other not"
+            # The topic without history is told, the other never. Told once per lost
+            # queue: a reconnect on the new node can fail once more while the cluster
+            # settles (RabbitMQ closing the connection with INTERNAL_ERROR as the stream
+            # elects its leader), which is a second gap for it.
+            assert gaps, "the topic without history was not told"
+            assert all(g == [plain] for g in gaps), gaps
         print(
             f"failover with history: {len(confirmed)} confirmed, {len(stream.nacked)} nacked,"
             f" every one delivered to {len(readers)} clients"
