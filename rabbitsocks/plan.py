@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rabbitsocks.auth import hook_from_config
+from rabbitsocks.brokers.tls import AmqpTls, TlsFileError
 from rabbitsocks.callback import import_callback, options_type
 from rabbitsocks.config import (
     BrokerTlsConfig,
@@ -76,23 +77,13 @@ def plan_config(config: Config) -> Plan:
 
 
 def _check_broker_tls(name: str, tls: BrokerTlsConfig, source: str) -> None:
-    """The PEM files of ``brokers.<name>.tls`` load (the broker reads them at start)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    key = f"brokers.{name}.tls"
+    """The PEM files of ``brokers.<name>.tls`` load, as the broker loads them at start."""
+    if tls.ca_file is None and tls.cert_file is None:
+        return  # nothing to read
     try:
-        if tls.ca_file is not None:
-            context.load_verify_locations(cafile=tls.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(source, f"{key}.ca_file", f"cannot load {tls.ca_file!r}: {exc}") from None
-    try:
-        if tls.cert_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            source,
-            f"{key}.cert_file",
-            f"cannot load certificate {tls.cert_file!r} and key {tls.key_file!r}: {exc}",
-        ) from None
+        AmqpTls.from_config(tls).context()
+    except TlsFileError as exc:
+        raise ConfigError(source, f"brokers.{name}.tls.{exc.field}", exc.message) from None
 
 
 def plan_listener(

@@ -34,7 +34,6 @@ def make_broker(name: str, config: BrokerConfig) -> Broker:
     # Imported here so that a memory-only process never loads aio-pika.
     from rabbitsocks.brokers.amqp import AmqpBroker, AmqpTls
 
-    tls = config.tls
     return AmqpBroker(
         name,
         config.url,
@@ -49,7 +48,7 @@ def make_broker(name: str, config: BrokerConfig) -> Broker:
         probe_timeout=config.probe_timeout,
         rebalance=config.rebalance,
         rebalance_interval=config.rebalance_interval,
-        tls=AmqpTls(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_name),
+        tls=AmqpTls.from_config(config.tls),
         history=config.history,
         history_replays=config.history_replays,
     )

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 from dataclasses import dataclass, field
 
 import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.abc
+
+from rabbitsocks.brokers.tls import AmqpTls
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -37,51 +38,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     RuntimeError,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AmqpTls:
-    """TLS settings for ``amqps://`` URLs (PEM files)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify: bool = True
-    server_name: str | None = None
-
-    def context(self) -> ssl.SSLContext:
-        """An SSL context for these settings (reads the files)."""
-        context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.server_name = self.server_name
-        if self.verify:
-            if self.ca_file:
-                context.load_verify_locations(cafile=self.ca_file)
-            else:
-                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
-class _NamedContext(ssl.SSLContext):
-    """An SSL context that checks (and sends as SNI) ``server_name`` instead of the host
-    the connection was opened to, when set: aiormq opens the socket with the URL's host."""
-
-    server_name: str | None = None
-
-    def wrap_bio(
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLObject:
-        name = self.server_name or server_hostname
-        return super().wrap_bio(incoming, outgoing, server_side, name, session)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rand: float | None = None) -> float:
