@@ -21,10 +21,10 @@ from typing import Any
 import aiormq
 import aiormq.abc
 
+from rabbitsocks.brokers.amqp_session import CONNECTION_ERRORS
 from rabbitsocks.errors import BrokerError, BrokerUnavailable
 
 __all__ = [
-    "CONNECTION_ERRORS",
     "EPOCH_HEADER",
     "LIVE_PREFETCH",
     "REPLAY_PREFETCH",
@@ -41,15 +41,6 @@ SENTINEL_HEADER = "x-rabbitsocks-sentinel"
 #: Unacknowledged deliveries per stream consumer; acknowledged by halves.
 LIVE_PREFETCH = 1000
 REPLAY_PREFETCH = 500
-
-#: What aiormq raises when the connection or the channel is gone or going.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    RuntimeError,
-)
 
 #: Called per entry read: its offset, the message, and whether it is a marker; returns
 #: whether to read on.

@@ -52,9 +52,9 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from rabbitsocks.brokers.amqp_session import CONNECTION_ERRORS
 from rabbitsocks.brokers.base import DeliveryHandler, HistorySink, ReplayHandler
 from rabbitsocks.brokers.stream_reads import (
-    CONNECTION_ERRORS,
     EPOCH_HEADER,
     LIVE_PREFETCH,
     SENTINEL_HEADER,
