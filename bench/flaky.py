@@ -514,22 +514,32 @@ async def main_async(args: argparse.Namespace) -> None:
         for name, result in results.items():
             print(f"{name}: not recovered {result['not_recovered']};"
                   f" servers: {result['server_metrics']}")  # fmt: skip
-        out = ROOT / "bench" / "results" / f"flaky-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-        print(f"figures in {out.relative_to(ROOT)}; server logs in {workdir}")
+        save("flaky", {"args": vars(args), "results": results}, workdir)
     finally:
         for server in servers:
             server.terminate()
         for server in servers:
             server.wait(15)
-        delete = (
-            "import pika, sys; c = pika.BlockingConnection(pika.URLParameters(sys.argv[1]));"
-            " c.channel().queue_delete(sys.argv[2]); c.close()"
-        )
-        await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", delete, args.amqp_url, stream], check=False
-        )
+        await delete_stream(args.amqp_url, stream)
+
+
+def save(kind: str, figures: dict[str, Any], workdir: Path) -> None:
+    """Write a run's figures to bench/results/<kind>-<time>.json and say where."""
+    out = ROOT / "bench" / "results" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    print(f"figures in {out.relative_to(ROOT)}; server logs in {workdir}")
+
+
+async def delete_stream(url: str, stream: str) -> None:
+    """Delete a run's history stream, with pika in a process of its own."""
+    delete = (
+        "import pika, sys; c = pika.BlockingConnection(pika.URLParameters(sys.argv[1]));"
+        " c.channel().queue_delete(sys.argv[2]); c.close()"
+    )
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", delete, url, stream], check=False
+    )
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ import asyncio
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.flaky import config_text, metrics, open_wire, start_server
+from bench.flaky import config_text, delete_stream, metrics, open_wire, save, start_server
 from bench.procstat import rss_bytes
 from bench.targets import ROOT, free_port, wait_listening
 
@@ -194,22 +193,13 @@ async def main_async(args: argparse.Namespace) -> None:
         }
         for key, value in result.items():
             print(f"  {key:26} {value}")
-        out = ROOT / "bench" / "results" / f"storm-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"args": vars(args), "result": result}, indent=2))
-        print(f"figures in {out.relative_to(ROOT)}; server logs in {workdir}")
+        save("storm", {"args": vars(args), "result": result}, workdir)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
                 await asyncio.to_thread(proc.wait, 15)
-        delete = (
-            "import pika, sys; c = pika.BlockingConnection(pika.URLParameters(sys.argv[1]));"
-            " c.channel().queue_delete(sys.argv[2]); c.close()"
-        )
-        await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", delete, args.amqp_url, stream], check=False
-        )
+        await delete_stream(args.amqp_url, stream)
 
 
 async def bystander(port: int, topic: str) -> None:
