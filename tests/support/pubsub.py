@@ -38,6 +38,9 @@ from rabbitsocks.brokers.memory import MemoryBroker
 from rabbitsocks.config import LimitsConfig
 from rabbitsocks.services import Services
 
+# One record of the ports handed out in this process, for the private nodes and the rest.
+from tests.support.rabbitmq import free_port as free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 #: Seconds any single expected event may take.
@@ -467,22 +470,6 @@ def serve_env(**extra: str) -> dict[str, str]:
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
     environ.update(extra)
     return environ
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (nothing listens there now), and
-    not one this test process was given before: two calls in a row could otherwise get
-    the same port from the kernel, as nothing holds it between them."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 async def run_cli(

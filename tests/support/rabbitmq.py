@@ -52,7 +52,9 @@ _handed_out: set[int] = set()
 
 
 def free_port() -> int:
-    """A port nobody listens on now, not given to another node of this run."""
+    """A port on 127.0.0.1 that was free a moment ago (nothing listens there now), and not
+    one this process was given before (a private node's or a test's): two calls in a row
+    could otherwise get the same port from the kernel, as nothing holds it between them."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
