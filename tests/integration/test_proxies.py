@@ -97,6 +97,25 @@ async def until_listening(port: int, proc: asyncio.subprocess.Process) -> None:
             return
 
 
+@contextlib.asynccontextmanager
+async def nginx_in_front(tmp_path: Path, server_block: str, front: int) -> AsyncIterator[None]:
+    """nginx serving ``server_block`` (docs/operations.md's, with local addresses), once it
+    listens on ``front``; its files under ``tmp_path``."""
+    nginx = require("nginx")
+    (tmp_path / "nginx").mkdir()
+    path = tmp_path / "nginx" / "nginx.conf"
+    path.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/body;\n"
+        f"proxy_temp_path {tmp_path}/proxy;\n{server_block}\n}}\n"
+    )
+    async with running(
+        nginx, "-c", str(path), "-p", str(tmp_path / "nginx"), "-g", "daemon off;"
+    ) as proc:
+        await until_listening(front, proc)
+        yield
+
+
 async def everyone_gets_everything(front: int, servers: list[tuple[int, int, Served]]) -> None:
     url = f"http://127.0.0.1:{front}"
     result = await everyone_gets(
@@ -138,7 +157,6 @@ async def test_behind_haproxy_as_the_docs_show(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_behind_nginx_as_the_docs_show(tmp_path: Path) -> None:
-    nginx = require("nginx")
     (block,) = code_blocks("operations.md", "nginx")
     front = free_port()
     async with two_servers(tmp_path, proxy_protocol=False) as servers:
@@ -149,15 +167,5 @@ async def test_behind_nginx_as_the_docs_show(tmp_path: Path) -> None:
             .replace("10.0.0.12:8080", f"127.0.0.1:{port_b}")
         )
         assert "10.0.0" not in server_block
-        (tmp_path / "nginx").mkdir()
-        path = tmp_path / "nginx" / "nginx.conf"
-        path.write_text(
-            f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-            f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/body;\n"
-            f"proxy_temp_path {tmp_path}/proxy;\n{server_block}\n}}\n"
-        )
-        async with running(
-            nginx, "-c", str(path), "-p", str(tmp_path / "nginx"), "-g", "daemon off;"
-        ) as proc:
-            await until_listening(front, proc)
+        async with nginx_in_front(tmp_path, server_block, front):
             await everyone_gets_everything(front, servers)

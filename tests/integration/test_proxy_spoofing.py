@@ -16,14 +16,13 @@ import pytest
 
 from rabbitsocks import start_listener
 from rabbitsocks.config import LimitsConfig
-from tests.integration.test_proxies import require, running, until_listening
+from tests.integration.test_proxies import nginx_in_front
 from tests.support.docs import code_blocks
 from tests.support.pubsub import free_port
 
 
 @pytest.mark.slow
 async def test_a_client_behind_nginx_cannot_forge_its_address(tmp_path: Path) -> None:
-    nginx = require("nginx")
     (block,) = code_blocks("operations.md", "nginx")
     listener = await start_listener(
         "127.0.0.1:0",
@@ -37,21 +36,11 @@ async def test_a_client_behind_nginx_cannot_forge_its_address(tmp_path: Path) ->
         .replace("server 10.0.0.11:8080;", f"server 127.0.0.1:{listener.port};")
         .replace("server 10.0.0.12:8080;", "")
     )
-    (tmp_path / "nginx").mkdir()
-    path = tmp_path / "nginx" / "nginx.conf"
-    path.write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-        f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/body;\n"
-        f"proxy_temp_path {tmp_path}/proxy;\n{server_block}\n}}\n"
-    )
     try:
         async with (
-            running(
-                nginx, "-c", str(path), "-p", str(tmp_path / "nginx"), "-g", "daemon off;"
-            ) as proc,
+            nginx_in_front(tmp_path, server_block, front),
             aiohttp.ClientSession() as http,
         ):
-            await until_listening(front, proc)
             url = f"http://127.0.0.1:{front}/websocket/"
             opened = [
                 await http.ws_connect(url, headers={"Forwarded": f"for=198.51.100.{i}"})
