@@ -81,9 +81,7 @@ async def test_a_deeply_nested_binary_event_is_refused_without_a_traceback(
         try:
             await raw.ws.send_text(f'451-["message",{NESTED}]')
             await raw.ws.send_frame(OP_BINARY, b"attachment")
-            frame = await raw.ws.recv_data()
-            while frame.opcode == OP_TEXT and frame.text == "2":  # an Engine.IO ping
-                frame = await raw.ws.recv_data()
+            frame = await raw.next_frame()
             assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1002), frame
             assert "nested" in frame.close_reason, frame
         finally:
@@ -203,9 +201,7 @@ async def test_binary_attachments_are_bounded_together_by_max_frame_size() -> No
             await raw.ws.send_text('4510-["message",{"_placeholder":true,"num":0}]')
             for _ in range(2):  # each within the limit, together beyond it
                 await raw.ws.send_frame(OP_BINARY, b"x" * (40 * 1024))
-            frame = await raw.ws.recv_data()
-            while frame.opcode == OP_TEXT and frame.text == "2":  # an Engine.IO ping
-                frame = await raw.ws.recv_data()
+            frame = await raw.next_frame()
             assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1002), frame
             assert "attachments larger than 65536 bytes" in frame.close_reason, frame
         finally:

@@ -248,17 +248,20 @@ class RawSocketIO:
         """A ``message`` event, as ``socket.send(data)`` would emit it."""
         await self.ws.send_text("42" + json.dumps(["message", data]))
 
-    async def next_packet(self, timeout: float = WAIT) -> str:
-        """The next Engine.IO packet; Engine.IO pings ("2") are answered and skipped."""
+    async def next_frame(self, timeout: float = WAIT) -> RawFrame:
+        """The next WebSocket frame (a close, a binary frame, ...); Engine.IO pings ("2")
+        are answered and skipped."""
         while True:
             frame = await self.ws.recv_data(timeout)
-            if frame.opcode == OP_CLOSE:
-                return ""
-            packet = frame.text
-            if packet == "2":
+            if frame.opcode == OP_TEXT and frame.text == "2":
                 await self.ws.send_text("3")
                 continue
-            return packet
+            return frame
+
+    async def next_packet(self, timeout: float = WAIT) -> str:
+        """The next Engine.IO packet ("" for a close); pings are answered and skipped."""
+        frame = await self.next_frame(timeout)
+        return "" if frame.opcode == OP_CLOSE else frame.text
 
     async def next_message(self, timeout: float = WAIT) -> Any:
         """The data of the next ``message`` event."""
